@@ -1,0 +1,133 @@
+"""The `tuneforge` command: parse arguments, load config, call one function. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from tuneforge import __version__
+from tuneforge.errors import TuneforgeError
+
+INTERRUPT_EXIT = {"SIGINT": 130, "SIGTERM": 143, "stop": 1}
+
+EPILOG = """\
+examples:
+  tuneforge train configs/quickstart.yaml
+  tuneforge train configs/quickstart.yaml --set train.learning_rate=1e-4 --set method=full
+  tuneforge train configs/quickstart.yaml --resume
+  tuneforge chat runs/quickstart
+  tuneforge generate runs/quickstart "Who are you?"
+  tuneforge models list
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tuneforge",
+        description="Fine-tune a pretrained language model on your data, then talk to it.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"tuneforge {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train",
+        help="fine-tune a model as a run file describes",
+        description="Fine-tune a model as RUN.yaml describes (LoRA or full). Writes everything about the run "
+        "into its output_dir: resolved config, data manifest, checkpoints, metrics.jsonl, TensorBoard "
+        "events, loss_curve.png and the final model. Ctrl-C saves a checkpoint and stops.",
+    )
+    train.add_argument("config", type=Path, metavar="RUN.yaml", help="run file (see configs/)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. train.max_steps=20 (repeatable)")
+    train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing run in output_dir")
+
+    for name, help_text in (("chat", "talk with a model in the terminal"), ("generate", "answer one prompt")):
+        sub = commands.add_parser(name, help=help_text, description=f"{help_text[0].upper()}{help_text[1:]}. "
+                                  "MODEL is a run directory, a checkpoint, a local model directory, a hub id, "
+                                  "a .gguf file or embedded:smollm2-135m-instruct.")
+        sub.add_argument("model", metavar="MODEL")
+        if name == "generate":
+            sub.add_argument("prompt", help="the user message")
+        sub.add_argument("--system", help="system message (default: the chat template's own)")
+        sub.add_argument("--max-new-tokens", type=int, default=256)
+        sub.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily")
+        sub.add_argument("--top-p", type=float, default=1.0)
+
+    models = commands.add_parser("models", help="list or import models", description="List or import models.")
+    models_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    models_commands.add_parser("list", help="show embedded and cached models")
+    imp = models_commands.add_parser("import", help="import a GGUF file into the model cache",
+                                     description="Dequantize a GGUF file once into a cached safetensors model "
+                                     "directory, which later loads in seconds.")
+    imp.add_argument("path", type=Path, metavar="PATH.gguf")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=True)
+    try:
+        match args.command:
+            case "train":
+                return run_train(args, console)
+            case "chat" | "generate":
+                return run_chat(args, console)
+            case "models":
+                return run_models(args, console)
+    except TuneforgeError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 2
+    return 0
+
+
+def run_train(args, console: Console) -> int:
+    from tuneforge.config import load_config
+
+    config = load_config(args.config, args.overrides)  # fails here, before anything heavy is imported
+    from tuneforge.train.loop import train
+
+    result = train(config, resume=args.resume, overwrite=args.overwrite, console=console)
+    if result.interrupted_by:
+        console.print(f"stopped by {result.interrupted_by} at step {result.state.step}/{result.total_steps}; "
+                      f"checkpoint saved. Continue with: tuneforge train {args.config} --resume")
+        return INTERRUPT_EXIT[result.interrupted_by]
+    console.print(f"done: {result.state.step} steps; run directory {result.run_dir}")
+    if result.eval_loss_before is not None and result.eval_loss_after is not None:
+        console.print(f"validation loss: before {result.eval_loss_before:.4f} -> after {result.eval_loss_after:.4f}")
+    console.print(f"talk to it: tuneforge chat {result.run_dir}")
+    return 0
+
+
+def run_chat(args, console: Console) -> int:
+    from tuneforge.models.generate import Sampling
+    from tuneforge.models.load import load_for_inference
+    from tuneforge.chat import chat_loop, answer_once
+
+    sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+    model, tokenizer = load_for_inference(args.model)
+    if args.command == "generate":
+        answer_once(model, tokenizer, args.prompt, args.system, sampling, sys.stdout)
+    else:
+        chat_loop(model, tokenizer, args.system, sampling, console)
+    return 0
+
+
+def run_models(args, console: Console) -> int:
+    from tuneforge.models import catalog
+
+    if args.models_command == "list":
+        catalog.print_models(console)
+    else:
+        path = catalog.import_file(args.path)
+        console.print(f"imported {args.path} -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

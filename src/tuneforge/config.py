@@ -1,0 +1,222 @@
+"""The run configuration: one YAML file, validated before any work starts.
+
+Every section is a small pydantic model that forbids unknown keys, so a misspelled key
+stops the run with the file, the line and the closest valid key instead of being
+silently ignored (the most expensive kind of typo: you find out after the run).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tuneforge.errors import ConfigError
+
+DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    name: str = Field(DEFAULT_MODEL, description="local HF directory, hub id, PATH.gguf, or embedded:NAME")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: float32 on CPU (no fast bf16 there), bfloat16 on CUDA"
+    )
+
+
+class DataConfig(Section):
+    train: list[Path] = Field(description="training files (JSONL/JSON), relative to the working directory")
+    validation: list[Path] = Field(default_factory=list, description="held-out files for validation loss")
+    format: Literal["auto", "chat", "alpaca"] = "auto"
+    val_split: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of train held out when no validation files")
+
+    @field_validator("train", "validation", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, (str, Path)) else value
+
+    @field_validator("train", "validation")
+    @classmethod
+    def _files_exist(cls, paths: list[Path]) -> list[Path]:
+        for path in paths:
+            if not path.is_file():
+                raise ValueError(f"file not found: {path} (relative paths are read from {Path.cwd()})")
+        return [path.resolve() for path in paths]
+
+    @field_validator("train")
+    @classmethod
+    def _not_empty(cls, paths: list[Path]) -> list[Path]:
+        if not paths:
+            raise ValueError("name at least one training file")
+        return paths
+
+
+class LoraConfig(Section):
+    r: int = Field(16, ge=1)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = Field("all-linear", description="'all-linear' or module names")
+
+
+class TrainConfig(Section):
+    learning_rate: float = Field(2e-4, gt=0)
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    warmup_steps: int | None = Field(None, ge=0, description="overrides warmup_ratio when set")
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="overrides epochs when set")
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_seq_length: int = Field(1024, ge=8)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    seed: int = 42
+    log_every: int = Field(1, ge=1)
+
+
+class EvalConfig(Section):
+    every_steps: int | None = Field(None, ge=1, description="validation loss cadence; also at start and end")
+    batch_size: int = Field(8, ge=1)
+    prompts: Path | None = Field(None, description="JSONL of held-out prompts answered before and after")
+    max_new_tokens: int = Field(64, ge=1)
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts_exist(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"file not found: {path} (relative paths are read from {Path.cwd()})")
+        return path.resolve() if path else None
+
+
+class CheckpointConfig(Section):
+    every_steps: int | None = Field(None, ge=1, description="also always at the end and on SIGINT/SIGTERM")
+    keep_last: int = Field(2, ge=1)
+
+
+class RunConfig(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig
+    method: Literal["lora", "full"] = "lora"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    output_dir: Path = Path("runs/run")
+
+    @model_validator(mode="after")
+    def _absolute_output(self) -> RunConfig:
+        if not self.output_dir.is_absolute():
+            object.__setattr__(self, "output_dir", self.output_dir.resolve())
+        return self
+
+
+def load_config(path: Path, overrides: list[str] = ()) -> RunConfig:
+    """Read, override and validate a run file; every failure is a ConfigError naming the spot."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    overridden: set[tuple[str, ...]] = set()
+    for item in overrides:
+        keys = apply_override(raw, item)
+        overridden.add(keys)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc, path, text, overridden)) from None
+
+
+def apply_override(raw: dict, item: str) -> tuple[str, ...]:
+    """Apply one `a.b=value` (value parsed as YAML, so numbers and lists keep their type)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.learning_rate=1e-4")
+    keys = tuple(key.strip().split("."))
+    node = raw
+    for part in keys[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {item!r}: {part} is not a section")
+        node = child
+    try:
+        node[keys[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from None
+    return keys
+
+
+def describe_errors(exc: ValidationError, path: Path, text: str, overridden: set[tuple[str, ...]]) -> str:
+    lines = [f"{path}: invalid config ({exc.error_count()} problem{'s' if exc.error_count() > 1 else ''})"]
+    for error in exc.errors():
+        loc = tuple(str(part) for part in error["loc"])
+        dotted = ".".join(loc) or "(top level)"
+        if any(loc[: len(keys)] == keys for keys in overridden):
+            where = "--set"
+        else:
+            line = yaml_line(text, error["loc"])
+            where = f"{path}:{line}" if line else str(path)
+        if error["type"] == "extra_forbidden":
+            message = f"unknown key '{loc[-1]}'"
+            valid = valid_keys(error["loc"][:-1])
+            close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+            message += f"; did you mean '{close[0]}'?" if close else f"; valid keys here: {', '.join(valid)}"
+        else:
+            message = error["msg"]
+            if error["type"] not in ("missing",) and "input" in error:
+                message += f" (got {error['input']!r})"
+        lines.append(f"  {where}: {dotted}: {message}")
+    return "\n".join(lines)
+
+
+def valid_keys(loc: tuple) -> list[str]:
+    """The field names of the section at `loc`, for 'did you mean' suggestions."""
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def yaml_line(text: str, loc: tuple) -> int | None:
+    """1-based line of the deepest key of `loc` present in the YAML text."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if match is None:
+                return line
+            line, node = match[0].start_mark.line + 1, match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def dump_config(config: RunConfig) -> str:
+    """The resolved config as YAML: every default filled in, every path absolute."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

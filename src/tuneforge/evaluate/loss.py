@@ -1,0 +1,31 @@
+"""Validation loss: mean cross-entropy per trained token over a held-out set."""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import torch
+
+from tuneforge.data.batching import collate
+from tuneforge.data.dataset import label_count
+from tuneforge.data.template import TokenizedExample
+from tuneforge.train.loss import loss_sum
+
+
+@torch.no_grad()
+def validation_loss(model, examples: list[TokenizedExample], batch_size: int, pad_id: int, autocast=nullcontext) -> float:
+    if not examples:
+        return math.nan
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    ordered = sorted(examples, key=lambda e: len(e.input_ids))
+    for start in range(0, len(ordered), batch_size):
+        batch = {k: v.to(device) for k, v in collate(ordered[start : start + batch_size], pad_id).items()}
+        with autocast():
+            total += loss_sum(model, batch).item()
+        count += label_count(batch["labels"])
+    model.train(was_training)
+    return total / max(count, 1)

@@ -1,0 +1,96 @@
+"""Answer chat messages with a model: batched for evaluation, streamed for the terminal chat.
+
+Generation must stop at the model's end of turn, which is not always the tokenizer's EOS
+(ChatML's `<|im_end|>`, Llama 3's `<|eot_id|>`), so every end-of-turn id the generation
+config and tokenizer know is a stop token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from threading import Thread
+
+import torch
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+
+    def generate_kwargs(self) -> dict:
+        if self.temperature <= 0:
+            return {"do_sample": False, "max_new_tokens": self.max_new_tokens}
+        return {
+            "do_sample": True,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_new_tokens": self.max_new_tokens,
+        }
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    ids: set[int] = set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    for token in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"):
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id and token in tokenizer.get_vocab():
+            ids.add(token_id)
+    return sorted(ids)
+
+
+def render_prompt(tokenizer, messages: list[dict]) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+@torch.no_grad()
+def generate_replies(
+    model, tokenizer, conversations: list[list[dict]], sampling: Sampling = Sampling(), batch_size: int = 8
+) -> list[str]:
+    """One reply per conversation, generated in left-padded batches."""
+    device = next(model.parameters()).device
+    stops = stop_token_ids(model, tokenizer)
+    replies: list[str] = []
+    previous_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for start in range(0, len(conversations), batch_size):
+            prompts = [render_prompt(tokenizer, c) for c in conversations[start : start + batch_size]]
+            batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            output = model.generate(
+                **batch, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id, **sampling.generate_kwargs()
+            )
+            new_tokens = output[:, batch["input_ids"].shape[1] :]
+            replies.extend(tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_tokens)
+    finally:
+        tokenizer.padding_side = previous_side
+    return replies
+
+
+def stream_reply(model, tokenizer, messages: list[dict], sampling: Sampling = Sampling()) -> Iterator[str]:
+    """Yield the reply's text piece by piece as it is generated."""
+    from transformers import TextIteratorStreamer
+
+    device = next(model.parameters()).device
+    prompt = render_prompt(tokenizer, messages)
+    batch = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(device)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    kwargs = dict(
+        **batch,
+        streamer=streamer,
+        eos_token_id=stop_token_ids(model, tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        **sampling.generate_kwargs(),
+    )
+    worker = Thread(target=torch.no_grad()(model.generate), kwargs=kwargs, daemon=True)
+    worker.start()
+    yield from streamer
+    worker.join()

@@ -1,0 +1,95 @@
+"""Load a model and tokenizer for training or inference, from any reference or a run directory.
+
+A run's `final/` and each checkpoint's `model/` hold either a PEFT adapter or full weights,
+plus the tokenizer and a `tuneforge.json` naming the base model, so chat, generate and
+(later) export and serve can all take a run directory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tuneforge.errors import ModelError
+from tuneforge.models.resolve import resolve
+
+MODEL_INFO = "tuneforge.json"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a saved fine-tune needs to be loaded again: its base model and how it was trained."""
+
+    base_model: str
+    method: str  # "lora" (dir holds an adapter) or "full" (dir holds full weights)
+
+    def write(self, directory: Path) -> None:
+        (directory / MODEL_INFO).write_text(json.dumps({"base_model": self.base_model, "method": self.method}, indent=2))
+
+    @staticmethod
+    def read(directory: Path) -> ModelInfo:
+        data = json.loads((directory / MODEL_INFO).read_text())
+        return ModelInfo(base_model=data["base_model"], method=data["method"])
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    return getattr(torch, name)
+
+
+def load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: Path, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: cannot load model: {exc}") from exc
+
+
+def saved_model_dir(path: Path) -> Path | None:
+    """The directory holding a saved fine-tune, given a run dir, a checkpoint dir, or the dir itself."""
+    for candidate in (path / "final", path / "model", path):
+        if (candidate / MODEL_INFO).is_file():
+            return candidate
+    latest = path / "checkpoints" / "latest"
+    if latest.is_file():
+        candidate = path / "checkpoints" / latest.read_text().strip() / "model"
+        if (candidate / MODEL_INFO).is_file():
+            return candidate
+    return None
+
+
+def load_for_inference(reference: str, device: torch.device | None = None, dtype: str = "auto"):
+    """(model, tokenizer) in eval mode, from a run dir, checkpoint, or any model reference."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch_dtype = pick_dtype(dtype, device)
+    path = Path(reference).expanduser()
+    saved = saved_model_dir(path) if path.is_dir() else None
+    if saved is None:
+        model_dir = resolve(reference)
+        model = load_causal_lm(model_dir, torch_dtype)
+        tokenizer = load_tokenizer(model_dir)
+    else:
+        info = ModelInfo.read(saved)
+        tokenizer = load_tokenizer(saved)
+        if info.method == "lora":
+            from peft import PeftModel
+
+            base = load_causal_lm(resolve(info.base_model), torch_dtype)
+            model = PeftModel.from_pretrained(base, saved)
+        else:
+            model = load_causal_lm(saved, torch_dtype)
+    return model.to(device).eval(), tokenizer

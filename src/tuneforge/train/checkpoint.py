@@ -1,0 +1,123 @@
+"""Checkpoints that a crash cannot corrupt, and the state needed to resume a run exactly.
+
+A checkpoint is written into a temporary directory, flushed to disk, renamed into place,
+and only then named by `checkpoints/latest` (itself replaced atomically).  A process killed
+at any moment leaves `latest` pointing at a complete checkpoint.  Besides the model it holds
+optimizer, scheduler, RNG states and the data position, which is all a resumed run needs
+to produce the same losses as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tuneforge.models.load import ModelInfo
+
+LATEST = "latest"
+STATE = "state.json"
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches of `epoch` already consumed
+    tokens_seen: int = 0
+
+
+def checkpoint_root(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def save_model(model, tokenizer, info: ModelInfo, directory: Path) -> None:
+    """Adapter only for LoRA (peft's format), full safetensors weights otherwise; plus tokenizer."""
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    info.write(directory)
+
+
+def save_checkpoint(run_dir: Path, state: TrainState, model, tokenizer, info: ModelInfo, optimizer, scheduler, keep_last: int) -> Path:
+    root = checkpoint_root(run_dir)
+    name = f"step-{state.step:06d}"
+    final = root / name
+    if final.is_dir() and (final / STATE).is_file():
+        return final  # already saved at this step (e.g. an interrupt right after a scheduled save)
+    tmp = root / f".tmp-{name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, tokenizer, info, tmp / "model")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save(rng_states(), tmp / "rng.pt")
+    (tmp / STATE).write_text(json.dumps(asdict(state), indent=2))  # written last: marks completeness
+    fsync_tree(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    write_atomic(root / LATEST, name)
+    prune(root, keep_last)
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint `latest` names, or the newest complete one if that pointer is missing or stale."""
+    root = checkpoint_root(run_dir)
+    pointer = root / LATEST
+    if pointer.is_file():
+        candidate = root / pointer.read_text().strip()
+        if (candidate / STATE).is_file():
+            return candidate
+    complete = sorted(p for p in root.glob("step-*") if (p / STATE).is_file()) if root.is_dir() else []
+    return complete[-1] if complete else None
+
+
+def load_training_state(checkpoint: Path, optimizer, scheduler) -> TrainState:
+    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=False))
+    scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=False))
+    restore_rng(torch.load(checkpoint / "rng.pt", weights_only=False))
+    return TrainState(**json.loads((checkpoint / STATE).read_text()))
+
+
+def rng_states() -> dict:
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def fsync_tree(directory: Path) -> None:
+    for path in directory.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def prune(root: Path, keep_last: int) -> None:
+    complete = sorted(p for p in root.glob("step-*") if (p / STATE).is_file())
+    for old in complete[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)

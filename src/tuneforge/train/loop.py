@@ -1,0 +1,237 @@
+"""The training loop: forward, loss, backward, update; evaluate, checkpoint, resume, stop on signals.
+
+Read it top to bottom like nanoGPT's: `train()` prepares a run directory, the model and the
+data, then `for step ...` does one optimizer step over `grad_accum` micro-batches.  accelerate
+owns devices, mixed precision and (later) multi-process training; the loop owns everything a
+user can observe (order of batches, logged numbers, checkpoints), so resume is exact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from tuneforge.config import RunConfig, dump_config
+from tuneforge.data.batching import collate, epoch_batches
+from tuneforge.data.dataset import PreparedData, label_count, prepare
+from tuneforge.errors import RunDirError
+from tuneforge.evaluate import probe
+from tuneforge.evaluate.loss import validation_loss
+from tuneforge.models.generate import stop_token_ids
+from tuneforge.train import checkpoint as ckpt
+from tuneforge.train.checkpoint import TrainState
+from tuneforge.train.loss import loss_sum
+from tuneforge.train.metrics import MetricsLog, plot_losses, read_metrics
+from tuneforge.train.progress import TrainProgress
+from tuneforge.train.setup import build_model, build_optimizer, build_scheduler, seed_everything, total_steps
+from tuneforge.train.signals import stop_on_signals
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    state: TrainState
+    total_steps: int
+    interrupted_by: str | None  # signal name, or "stop" for a programmatic stop; None when finished
+    eval_loss_before: float | None
+    eval_loss_after: float | None
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
+    """The checkpoint to resume from, if any; refuses to clobber an existing run by accident."""
+    checkpoint = ckpt.latest_checkpoint(run_dir) if run_dir.is_dir() else None
+    if resume:
+        return checkpoint
+    has_run = run_dir.is_dir() and any((run_dir / name).exists() for name in ("checkpoints", "metrics.jsonl", "final"))
+    if has_run and not overwrite:
+        raise RunDirError(
+            f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to replace it, "
+            "or set output_dir to a new directory"
+        )
+    if has_run:
+        shutil.rmtree(run_dir)
+    return None
+
+
+def train(
+    config: RunConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    console: Console | None = None,
+    stop: Callable[[TrainState], bool] | None = None,
+) -> TrainResult:
+    from accelerate import Accelerator
+
+    console = console or Console(stderr=True)
+    run_dir = config.output_dir
+    checkpoint = prepare_run_dir(run_dir, resume, overwrite)
+    if resume and checkpoint is None:
+        console.print(f"no checkpoint in {run_dir}; starting from step 0")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = config.train
+    seed_everything(cfg.seed)
+
+    use_cuda = torch.cuda.is_available()
+    accelerator = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if use_cuda else "no")
+    model, tokenizer, info = build_model(config, accelerator.device, checkpoint)
+    data = prepare(config.data, tokenizer, stop_token_ids(model, tokenizer), cfg.max_seq_length, cfg.seed)
+    (run_dir / "config.yaml").write_text(dump_config(config))
+    (run_dir / "data_manifest.json").write_text(json.dumps(data.manifest.as_dict(), indent=2))
+    report_data(console, data, model)
+
+    lengths = [len(e.input_ids) for e in data.train]
+    batches_per_epoch = math.ceil(len(lengths) / cfg.batch_size)
+    steps = total_steps(cfg, batches_per_epoch)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    state = ckpt.load_training_state(checkpoint, optimizer, scheduler) if checkpoint else TrainState()
+    if checkpoint:
+        console.print(f"resuming from {checkpoint} (step {state.step}/{steps})")
+    metrics = MetricsLog(run_dir, resume_step=state.step if checkpoint else None)
+    pad_id = tokenizer.pad_token_id
+
+    def evaluate() -> float | None:
+        if not data.validation:
+            return None
+        return validation_loss(model, data.validation, config.eval.batch_size, pad_id, accelerator.autocast)
+
+    probes = probe.read_probes(config.eval.prompts) if config.eval.prompts else []
+    base_answers_file = run_dir / "eval" / "base_answers.jsonl"
+    if probes and not base_answers_file.is_file():
+        console.print(f"answering {len(probes)} held-out prompts with the base model ...")
+        probe.save_answers(base_answers_file, probes, probe.answer(model, tokenizer, probes, config.eval.max_new_tokens))
+    if state.step == 0:
+        before = evaluate()
+        if before is not None:
+            metrics.log(0, eval_loss=before)
+            console.print(f"validation loss before training: {before:.4f}")
+
+    model.train()
+    progress = TrainProgress(steps, state.step, console)
+    interrupted_by = None
+    started, tokens_at_start = time.monotonic(), state.tokens_seen
+    with stop_on_signals() as signal_stop:
+        while state.step < steps:
+            order = epoch_batches(lengths, cfg.batch_size, cfg.seed, state.epoch)
+            window = order[state.batch_in_epoch : state.batch_in_epoch + cfg.grad_accum]
+            if not window:
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                continue
+            micro_batches = [collate([data.train[i] for i in ids], pad_id) for ids in window]
+            loss, grad_norm, tokens = optimizer_step(model, optimizer, micro_batches, accelerator, cfg.max_grad_norm)
+            scheduler.step()
+            state.step += 1
+            state.batch_in_epoch += len(window)
+            state.tokens_seen += tokens
+            speed = (state.tokens_seen - tokens_at_start) / max(time.monotonic() - started, 1e-9)
+            if state.step % cfg.log_every == 0 or state.step == steps:
+                metrics.log(
+                    state.step,
+                    train_loss=loss,
+                    train_lr=scheduler.get_last_lr()[0],
+                    train_grad_norm=grad_norm,
+                    train_tokens_per_s=speed,
+                    train_epoch=state.epoch + state.batch_in_epoch / batches_per_epoch,
+                )
+            progress.update(state.step, loss, speed)
+            every = config.eval.every_steps
+            if every and state.step % every == 0 and state.step < steps:
+                value = evaluate()
+                if value is not None:
+                    metrics.log(state.step, eval_loss=value)
+            every = config.checkpoint.every_steps
+            if every and state.step % every == 0 and state.step < steps:
+                save(run_dir, state, model, tokenizer, info, optimizer, scheduler, config, accelerator)
+            if signal_stop or (stop and stop(state)):
+                interrupted_by = signal_stop.signal_name or "stop"
+                break
+    progress.close()
+
+    if interrupted_by:
+        save(run_dir, state, model, tokenizer, info, optimizer, scheduler, config, accelerator)
+        metrics.close()
+        return TrainResult(run_dir, state, steps, interrupted_by, first_eval_loss(run_dir), None)
+
+    after = evaluate()
+    if after is not None:
+        metrics.log(state.step, eval_loss=after)
+    save(run_dir, state, model, tokenizer, info, optimizer, scheduler, config, accelerator)
+    save_final(run_dir, accelerator.unwrap_model(model), tokenizer, info)
+    metrics.close()
+    plot_losses(run_dir)
+    if probes:
+        tuned = probe.answer(model, tokenizer, probes, config.eval.max_new_tokens)
+        probe.save_answers(run_dir / "eval" / "tuned_answers.jsonl", probes, tuned)
+        probe.print_comparison(console, probes, probe.load_answers(base_answers_file), tuned)
+    return TrainResult(run_dir, state, steps, None, first_eval_loss(run_dir), after)
+
+
+def optimizer_step(model, optimizer, micro_batches, accelerator, max_grad_norm) -> tuple[float, float, int]:
+    """One update over a window of micro-batches; returns (mean loss per trained token, grad norm, tokens)."""
+    device = accelerator.device
+    micro_batches = [{k: v.to(device) for k, v in b.items()} for b in micro_batches]
+    local_count = torch.tensor(sum(label_count(b["labels"]) for b in micro_batches), device=device)
+    # Every process divides by the global count; DDP averages gradients, hence * num_processes.
+    global_count = accelerator.reduce(local_count, reduction="sum").item()
+    scale = accelerator.num_processes / max(global_count, 1)
+    total = 0.0
+    for index, batch in enumerate(micro_batches):
+        sync = index == len(micro_batches) - 1
+        with nullcontext() if sync else accelerator.no_sync(model), accelerator.autocast():
+            loss = loss_sum(model, batch) * scale
+        accelerator.backward(loss)
+        total += loss.item()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if max_grad_norm:
+        grad_norm = float(accelerator.clip_grad_norm_(trainable, max_grad_norm))
+    else:
+        grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in trainable if p.grad is not None])))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    tokens = int(sum(b["attention_mask"].sum() for b in micro_batches))
+    return total / accelerator.num_processes, grad_norm, tokens
+
+
+def save(run_dir, state, model, tokenizer, info, optimizer, scheduler, config, accelerator) -> None:
+    if accelerator.is_main_process:
+        ckpt.save_checkpoint(
+            run_dir, state, accelerator.unwrap_model(model), tokenizer, info, optimizer, scheduler,
+            config.checkpoint.keep_last,
+        )
+    accelerator.wait_for_everyone()
+
+
+def save_final(run_dir: Path, model, tokenizer, info) -> None:
+    tmp, final = run_dir / ".final.tmp", run_dir / "final"
+    shutil.rmtree(tmp, ignore_errors=True)
+    ckpt.save_model(model, tokenizer, info, tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+
+
+def first_eval_loss(run_dir: Path) -> float | None:
+    return next((r["eval_loss"] for r in read_metrics(run_dir) if "eval_loss" in r), None)
+
+
+def report_data(console: Console, data: PreparedData, model) -> None:
+    manifest = data.manifest
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    console.print(
+        f"data: {manifest.train_records} train / {manifest.validation_records} validation records, "
+        f"{manifest.train_tokens:,} tokens ({manifest.trained_tokens:,} trained); "
+        f"trainable parameters: {trainable:,} of {total:,} ({trainable / total:.2%})"
+    )
+    if manifest.truncated:
+        console.print(f"[yellow]warning:[/] {len(manifest.truncated)} record(s) truncated to max_seq_length: "
+                      + ", ".join(manifest.truncated[:5]) + (" ..." if len(manifest.truncated) > 5 else ""))

@@ -1,0 +1,79 @@
+"""Metrics to `metrics.jsonl` (one JSON object a line, for scripts) and TensorBoard (for people).
+
+On resume, records past the checkpoint's step are dropped from both, so the files hold one
+consistent curve rather than the interrupted run's tail followed by its replay.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tuneforge.train.checkpoint import write_atomic
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut short by a kill: everything before it is intact
+    return records
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path, resume_step: int | None = None):
+        self.path = run_dir / METRICS_FILE
+        if resume_step is not None:
+            kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= resume_step]
+            write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        elif self.path.exists():
+            self.path.unlink()
+        from torch.utils.tensorboard import SummaryWriter
+
+        purge = resume_step + 1 if resume_step is not None else None
+        self.tensorboard = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
+        self.handle = self.path.open("a")
+
+    def log(self, step: int, **values: float) -> None:
+        self.handle.write(json.dumps({"step": step, **values}) + "\n")
+        self.handle.flush()
+        for key, value in values.items():
+            self.tensorboard.add_scalar(key.replace("_", "/", 1), value, step)
+
+    def close(self) -> None:
+        self.handle.close()
+        self.tensorboard.close()
+
+
+def plot_losses(run_dir: Path) -> Path:
+    """loss_curve.png: training loss per step and validation loss at each evaluation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(run_dir)
+    train = [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
+    val = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+    figure, axis = plt.subplots(figsize=(7, 4), dpi=120)
+    if train:
+        axis.plot(*zip(*train), label="train loss", linewidth=1)
+    if val:
+        axis.plot(*zip(*val), "o-", label="validation loss")
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("loss")
+    axis.set_title(run_dir.name)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    path = run_dir / "loss_curve.png"
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
