@@ -177,7 +177,7 @@ def describe_errors(exc: ValidationError, path: Path, text: str, overridden: set
             close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
             message += f"; did you mean '{close[0]}'?" if close else f"; valid keys here: {', '.join(valid)}"
         else:
-            message = error["msg"]
+            message = error["msg"].removeprefix("Value error, ")
             if error["type"] not in ("missing",) and "input" in error:
                 message += f" (got {error['input']!r})"
         lines.append(f"  {where}: {dotted}: {message}")
