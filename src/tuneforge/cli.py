@@ -122,7 +122,7 @@ def run_models(args, console: Console) -> int:
     from tuneforge.models import catalog
 
     if args.models_command == "list":
-        catalog.print_models(console)
+        catalog.print_models(Console())
     else:
         path = catalog.import_file(args.path)
         console.print(f"imported {args.path} -> {path}")

