@@ -29,7 +29,7 @@ def test_unknown_embedded_model_lists_known_ones():
 def test_hub_id_offline_fails_at_once(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(resolve_module, "hub_reachable", lambda endpoint, timeout_s=3.0: False)
-    with pytest.raises(ModelError, match="not in the local Hugging Face cache and the hub cannot be reached"):
+    with pytest.raises(ModelError, match="not in the local Hugging Face cache, and the hub cannot be reached"):
         resolve("some-org/some-model-that-is-not-cached")
 
 

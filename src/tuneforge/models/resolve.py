@@ -17,7 +17,7 @@ from tuneforge.errors import ModelError
 from tuneforge.models import embedded
 from tuneforge.models.gguf_import import import_gguf
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # org/name, or a legacy bare name like gpt2
 
 
 def resolve(reference: str) -> Path:
@@ -58,8 +58,9 @@ def from_hub(repo_id: str) -> Path:
         pass
     if constants.HF_HUB_OFFLINE or not hub_reachable(constants.ENDPOINT):
         raise ModelError(
-            f"model '{repo_id}' is not in the local Hugging Face cache and the hub cannot be reached "
-            f"(offline). Download it on a connected machine, or name a local directory or embedded:NAME."
+            f"model '{repo_id}': no local directory of that name, not in the local Hugging Face cache, and the "
+            f"hub cannot be reached (offline). Download it on a connected machine, or name a local directory, "
+            f"a .gguf file or embedded:NAME."
         )
     try:
         path = snapshot_download(
