@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     except TuneforgeError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 2
+    except KeyboardInterrupt:  # outside the training loop, which handles Ctrl-C itself
+        console.print("interrupted")
+        return 130
     return 0
 
 

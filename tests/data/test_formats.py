@@ -81,3 +81,10 @@ def test_reads_llamafactory_alpaca_files_unchanged(name, count):
     examples = read_examples(SHARED_DATASETS / "llamafactory" / name)
     assert len(examples) == count
     assert all(e.messages[-1].role == "assistant" for e in examples)
+
+
+def test_pretty_printed_single_object_is_one_record(tmp_path):
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps({"instruction": "Say hi", "output": "hi"}, indent=2))
+    [example] = read_examples(path)
+    assert example.messages[-1].content == "hi"

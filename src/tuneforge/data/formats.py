@@ -38,6 +38,12 @@ def iter_raw(path: Path) -> Iterator[tuple[str, object]]:
         for index, record in enumerate(records):
             yield f"{path}[{index}]", record
         return
+    if stripped.startswith("{") and "\n" in stripped.rstrip():
+        try:  # one pretty-printed object rather than JSON Lines
+            yield f"{path}:1", json.loads(text)
+            return
+        except json.JSONDecodeError:
+            pass
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
