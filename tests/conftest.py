@@ -67,6 +67,10 @@ def make_model_dir(path: Path, tokenizer, eos: str) -> Path:
     )
     model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = eos_id
+    # A random model tends to emit template tokens or newlines, which decode to nothing once
+    # stripped; suppress them so its replies are visible text (replay drops empty answers).
+    blank = [i for i in range(len(tokenizer)) if not tokenizer.decode([i]).strip()]
+    model.generation_config.suppress_tokens = sorted(set(blank) - {eos_id})
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

@@ -30,11 +30,42 @@ class ModelConfig(Section):
     )
 
 
+def existing_file(path: Path | None) -> Path | None:
+    if path is not None and not path.is_file():
+        raise ValueError(f"file not found: {path} (relative paths are read from {Path.cwd()})")
+    return path.resolve() if path else None
+
+
+class ReplayConfig(Section):
+    ratio: float = Field(0.25, ge=0.0, lt=1.0, description="fraction of training records drawn from replay")
+    data: list[Path] = Field(
+        default_factory=list, description="general data to replay; empty: self-replay (the base model's answers)"
+    )
+    prompts: Path | None = Field(None, description="self-replay prompt set (JSONL of prompts); default: the shipped set")
+    max_new_tokens: int = Field(128, ge=1, description="length limit of the base model's self-replay answers")
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, (str, Path)) else value
+
+    @field_validator("data")
+    @classmethod
+    def _data_exist(cls, paths: list[Path]) -> list[Path]:
+        return [existing_file(path) for path in paths]
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts_exist(cls, path: Path | None) -> Path | None:
+        return existing_file(path)
+
+
 class DataConfig(Section):
     train: list[Path] = Field(description="training files (JSONL/JSON), relative to the working directory")
     validation: list[Path] = Field(default_factory=list, description="held-out files for validation loss")
     format: Literal["auto", "chat", "alpaca"] = "auto"
     val_split: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of train held out when no validation files")
+    replay: ReplayConfig | None = Field(None, description="mix general data into training against forgetting")
 
     @field_validator("train", "validation", mode="before")
     @classmethod
@@ -44,10 +75,7 @@ class DataConfig(Section):
     @field_validator("train", "validation")
     @classmethod
     def _files_exist(cls, paths: list[Path]) -> list[Path]:
-        for path in paths:
-            if not path.is_file():
-                raise ValueError(f"file not found: {path} (relative paths are read from {Path.cwd()})")
-        return [path.resolve() for path in paths]
+        return [existing_file(path) for path in paths]
 
     @field_validator("train")
     @classmethod
@@ -78,6 +106,9 @@ class TrainConfig(Section):
     max_grad_norm: float | None = Field(1.0, gt=0)
     seed: int = 42
     log_every: int = Field(1, ge=1)
+    kl_to_base: float = Field(
+        0.0, ge=0.0, description="weight of KL(base || tuned) on replay tokens; lora only, needs data.replay"
+    )
 
 
 class EvalConfig(Section):
@@ -85,13 +116,13 @@ class EvalConfig(Section):
     batch_size: int = Field(8, ge=1)
     prompts: Path | None = Field(None, description="JSONL of held-out prompts answered before and after")
     max_new_tokens: int = Field(64, ge=1)
+    general_check: bool = Field(True, description="score general questions before and after training")
+    general_questions: Path | None = Field(None, description="JSONL of prompt + accept; default: the shipped set")
 
-    @field_validator("prompts")
+    @field_validator("prompts", "general_questions")
     @classmethod
     def _prompts_exist(cls, path: Path | None) -> Path | None:
-        if path is not None and not path.is_file():
-            raise ValueError(f"file not found: {path} (relative paths are read from {Path.cwd()})")
-        return path.resolve() if path else None
+        return existing_file(path)
 
 
 class CheckpointConfig(Section):
@@ -113,6 +144,15 @@ class RunConfig(Section):
     def _absolute_output(self) -> RunConfig:
         if not self.output_dir.is_absolute():
             object.__setattr__(self, "output_dir", self.output_dir.resolve())
+        return self
+
+    @model_validator(mode="after")
+    def _kl_needs_adapter_and_replay(self) -> RunConfig:
+        if self.train.kl_to_base > 0 and (self.method != "lora" or self.data.replay is None):
+            raise ValueError(
+                "train.kl_to_base needs method: lora (the base model is the adapter switched off) "
+                "and a data.replay section (the KL term covers replay tokens)"
+            )
         return self
 
 

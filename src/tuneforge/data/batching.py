@@ -35,4 +35,5 @@ def collate(examples: list[TokenizedExample], pad_id: int) -> dict[str, torch.Te
         input_ids[row, :n] = torch.tensor(example.input_ids)
         labels[row, :n] = torch.tensor(example.labels)
         attention_mask[row, :n] = 1
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+    replay = torch.tensor([example.replay for example in examples], dtype=torch.bool)
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask, "replay": replay}

@@ -22,10 +22,20 @@ IGNORE = -100
 class TokenizedExample:
     input_ids: list[int]
     labels: list[int]
+    replay: bool = False  # mixed in against forgetting (see data/replay.py), not the user's task
 
     @property
     def trained_tokens(self) -> int:
         return sum(label != IGNORE for label in self.labels)
+
+
+def without_end_of_turn(tokens: TokenizedExample, stop_ids: list[int]) -> TokenizedExample:
+    """Stop training the final end-of-turn token, for a reply that was cut off rather than finished."""
+    labels = tokens.labels[:]
+    trained = [i for i, label in enumerate(labels) if label != IGNORE]
+    if trained and labels[trained[-1]] in stop_ids:
+        labels[trained[-1]] = IGNORE
+    return TokenizedExample(tokens.input_ids, labels, tokens.replay)
 
 
 def tokenize_example(example: ChatExample, tokenizer, stop_ids: list[int]) -> TokenizedExample:

@@ -1,18 +1,18 @@
 """Held-out prompts answered by the base model and the fine-tune, shown side by side.
 
 A prompt file is JSONL: {"prompt": "...", "expect": ["word", ...]}.  `expect` is optional;
-an answer "hits" when it contains any expected string (case-insensitive), which turns the
-side-by-side table into a number: how often each model gives the answer the data taught.
+an answer "hits" when it contains any expected string as a whole word or number
+(case-insensitive; "4" is found in "is 4." but not in "14", and "1000" in "1,000"), which turns
+the side-by-side table into a number: how often each model gives the expected answer.  The
+task's held-out prompts and the general-ability check (evaluate/general.py) are both probes.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-from rich.console import Console
-from rich.table import Table
 
 from tuneforge.data.formats import iter_raw
 from tuneforge.errors import DataError
@@ -27,8 +27,11 @@ class Probe:
     def hit(self, answer: str) -> bool | None:
         if not self.expect:
             return None
-        lowered = answer.lower()
-        return any(word.lower() in lowered for word in self.expect)
+        text = DIGIT_GROUPS.sub("", answer)
+        return any(re.search(rf"(?<!\w){re.escape(word.strip())}(?!\w)", text, re.IGNORECASE) for word in self.expect)
+
+
+DIGIT_GROUPS = re.compile(r"(?<=\d),(?=\d{3}\b)")  # 1,000 -> 1000
 
 
 def read_probes(path: Path) -> list[Probe]:
@@ -70,25 +73,3 @@ def hit_rate(probes: list[Probe], answers: list[str]) -> tuple[int, int]:
     hits = [p.hit(a) for p, a in zip(probes, answers)]
     scored = [h for h in hits if h is not None]
     return sum(scored), len(scored)
-
-
-def print_comparison(console: Console, probes: list[Probe], before: list[str], after: list[str]) -> None:
-    table = Table(title="Held-out prompts: base model vs fine-tuned", show_lines=True, expand=True)
-    table.add_column("prompt", ratio=2)
-    table.add_column("base model", ratio=3)
-    table.add_column("fine-tuned", ratio=3)
-
-    def mark(probe: Probe, text: str) -> str:
-        verdict = probe.hit(text)
-        return text if verdict is None else f"{'[green]✓' if verdict else '[red]✗'}[/] {text}"
-
-    for probe, old, new in zip(probes, before, after):
-        table.add_row(probe.prompt, mark(probe, old), mark(probe, new))
-    console.print(table)
-    base_hits, scored = hit_rate(probes, before)
-    tuned_hits, _ = hit_rate(probes, after)
-    if scored:
-        console.print(
-            f"expected answer given: base {base_hits}/{scored} ({base_hits / scored:.0%}), "
-            f"fine-tuned {tuned_hits}/{scored} ({tuned_hits / scored:.0%})"
-        )

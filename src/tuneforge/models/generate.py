@@ -51,28 +51,49 @@ def render_prompt(tokenizer, messages: list[dict]) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finished: bool  # ended with a stop token; False when cut off at max_new_tokens
+
+
 @torch.no_grad()
-def generate_replies(
-    model, tokenizer, conversations: list[list[dict]], sampling: Sampling = Sampling(), batch_size: int = 8
-) -> list[str]:
-    """One reply per conversation, generated in left-padded batches."""
+def generate_completions(
+    model, tokenizer, conversations: list[list[dict]], sampling: Sampling = Sampling(), batch_size: int = 32
+) -> list[Completion]:
+    """One reply per conversation, generated in left-padded batches.
+
+    Batches of 32 run about twice as fast per token as batches of 8 on a 2-core CPU (125 vs 57
+    tokens/s for SmolLM2-135M); longer prompts are grouped together so little goes to padding.
+    """
     device = next(model.parameters()).device
     stops = stop_token_ids(model, tokenizer)
-    replies: list[str] = []
+    prompts = [render_prompt(tokenizer, c) for c in conversations]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: dict[int, Completion] = {}
     previous_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
-        for start in range(0, len(conversations), batch_size):
-            prompts = [render_prompt(tokenizer, c) for c in conversations[start : start + batch_size]]
-            batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        for start in range(0, len(order), batch_size):
+            ids = order[start : start + batch_size]
+            batch = tokenizer([prompts[i] for i in ids], return_tensors="pt", padding=True, add_special_tokens=False)
+            batch = batch.to(device)
             output = model.generate(
                 **batch, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id, **sampling.generate_kwargs()
             )
-            new_tokens = output[:, batch["input_ids"].shape[1] :]
-            replies.extend(tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_tokens)
+            for index, row in zip(ids, output[:, batch["input_ids"].shape[1] :].tolist()):
+                finished = any(token in stops for token in row)
+                text = tokenizer.decode(row, skip_special_tokens=True).strip()
+                results[index] = Completion(text, finished)
     finally:
         tokenizer.padding_side = previous_side
-    return replies
+    return [results[i] for i in range(len(prompts))]
+
+
+def generate_replies(
+    model, tokenizer, conversations: list[list[dict]], sampling: Sampling = Sampling(), batch_size: int = 32
+) -> list[str]:
+    return [c.text for c in generate_completions(model, tokenizer, conversations, sampling, batch_size)]
 
 
 def stream_reply(model, tokenizer, messages: list[dict], sampling: Sampling = Sampling()) -> Iterator[str]:

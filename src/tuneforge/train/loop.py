@@ -13,7 +13,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +23,9 @@ from rich.console import Console
 from tuneforge.config import RunConfig, dump_config
 from tuneforge.data.batching import collate, epoch_batches
 from tuneforge.data.dataset import PreparedData, label_count, prepare
+from tuneforge.data.replay import encode_mix, replay_mix
 from tuneforge.errors import RunDirError
-from tuneforge.evaluate import probe
+from tuneforge.evaluate import before_after
 from tuneforge.evaluate.loss import validation_loss
 from tuneforge.models.generate import stop_token_ids
 from tuneforge.train import checkpoint as ckpt
@@ -82,9 +83,22 @@ def train(
 
     use_cuda = torch.cuda.is_available()
     accelerator = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if use_cuda else "no")
-    model, tokenizer, info = build_model(config, accelerator.device, checkpoint)
-    data = prepare(config.data, tokenizer, stop_token_ids(model, tokenizer), cfg.max_seq_length, cfg.seed)
+    model, tokenizer, info, base_dir = build_model(config, accelerator.device, checkpoint)
+    stop_ids = stop_token_ids(model, tokenizer)
+    data = prepare(config.data, tokenizer, stop_ids, cfg.max_seq_length, cfg.seed)
     (run_dir / "config.yaml").write_text(dump_config(config))
+    sets = before_after.probe_sets(config.eval)
+    resuming = checkpoint is not None  # only then are the replay mix and base answers in run_dir reused
+    if config.data.replay or sets:
+        console.print("base-model answers for replay and checks (generated once, then cached) ...")
+    with untouched(model, trained=resuming) as base:
+        if config.data.replay:
+            mix = replay_mix(config.data.replay, len(data.train), cfg.seed, run_dir, resuming, base, tokenizer, base_dir)
+            add_replay(data, mix, tokenizer, stop_ids, cfg.max_seq_length)
+        for probe_set in sets:
+            before_after.answer_with_base(
+                probe_set, run_dir, resuming, base, tokenizer, base_dir, config.eval.max_new_tokens
+            )
     (run_dir / "data_manifest.json").write_text(json.dumps(data.manifest.as_dict(), indent=2))
     report_data(console, data, model)
 
@@ -94,6 +108,7 @@ def train(
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, steps)
     model, optimizer = accelerator.prepare(model, optimizer)
+    adapter_model = accelerator.unwrap_model(model) if cfg.kl_to_base > 0 else None
     state = ckpt.load_training_state(checkpoint, optimizer, scheduler) if checkpoint else TrainState()
     if checkpoint:
         console.print(f"resuming from {checkpoint} (step {state.step}/{steps})")
@@ -105,11 +120,6 @@ def train(
             return None
         return validation_loss(model, data.validation, config.eval.batch_size, pad_id, accelerator.autocast)
 
-    probes = probe.read_probes(config.eval.prompts) if config.eval.prompts else []
-    base_answers_file = run_dir / "eval" / "base_answers.jsonl"
-    if probes and not base_answers_file.is_file():
-        console.print(f"answering {len(probes)} held-out prompts with the base model ...")
-        probe.save_answers(base_answers_file, probes, probe.answer(model, tokenizer, probes, config.eval.max_new_tokens))
     if state.step == 0:
         before = evaluate()
         if before is not None:
@@ -128,7 +138,9 @@ def train(
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
                 continue
             micro_batches = [collate([data.train[i] for i in ids], pad_id) for ids in window]
-            loss, grad_norm, tokens = optimizer_step(model, optimizer, micro_batches, accelerator, cfg.max_grad_norm)
+            loss, grad_norm, tokens = optimizer_step(
+                model, optimizer, micro_batches, accelerator, cfg.max_grad_norm, cfg.kl_to_base, adapter_model
+            )
             scheduler.step()
             state.step += 1
             state.batch_in_epoch += len(window)
@@ -169,14 +181,18 @@ def train(
     save_final(run_dir, accelerator.unwrap_model(model), tokenizer, info)
     metrics.close()
     plot_losses(run_dir)
-    if probes:
-        tuned = probe.answer(model, tokenizer, probes, config.eval.max_new_tokens)
-        probe.save_answers(run_dir / "eval" / "tuned_answers.jsonl", probes, tuned)
-        probe.print_comparison(console, probes, probe.load_answers(base_answers_file), tuned)
+    model.eval()
+    tuned_answers = {
+        probe_set.key: before_after.answer_with_tuned(probe_set, run_dir, model, tokenizer, config.eval.max_new_tokens)
+        for probe_set in sets
+    }
+    before_after.report(console, run_dir, sets, tuned_answers, (first_eval_loss(run_dir), after))
     return TrainResult(run_dir, state, steps, None, first_eval_loss(run_dir), after)
 
 
-def optimizer_step(model, optimizer, micro_batches, accelerator, max_grad_norm) -> tuple[float, float, int]:
+def optimizer_step(
+    model, optimizer, micro_batches, accelerator, max_grad_norm, kl_weight=0.0, adapter_model=None
+) -> tuple[float, float, int]:
     """One update over a window of micro-batches; returns (mean loss per trained token, grad norm, tokens)."""
     device = accelerator.device
     micro_batches = [{k: v.to(device) for k, v in b.items()} for b in micro_batches]
@@ -188,7 +204,7 @@ def optimizer_step(model, optimizer, micro_batches, accelerator, max_grad_norm) 
     for index, batch in enumerate(micro_batches):
         sync = index == len(micro_batches) - 1
         with nullcontext() if sync else accelerator.no_sync(model), accelerator.autocast():
-            loss = loss_sum(model, batch) * scale
+            loss = loss_sum(model, batch, kl_weight, adapter_model) * scale
         accelerator.backward(loss)
         total += loss.item()
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -223,6 +239,34 @@ def first_eval_loss(run_dir: Path) -> float | None:
     return next((r["eval_loss"] for r in read_metrics(run_dir) if "eval_loss" in r), None)
 
 
+@contextmanager
+def untouched(model, trained: bool):
+    """The base model: the model itself before any step, else with its adapter switched off.
+
+    A resumed full fine-tune has no base left in memory: None, and the base answers must
+    already be in the run directory (they are written before the first step).
+    """
+    if not trained:
+        yield model
+    elif hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield model
+    else:
+        yield None
+
+
+def add_replay(data: PreparedData, mix, tokenizer, stop_ids: list[int], max_len: int) -> None:
+    manifest = data.manifest
+    replay = encode_mix(mix, tokenizer, stop_ids, max_len, manifest)
+    data.train.extend(replay)
+    manifest.replay_source, manifest.replay_generated = mix.source, mix.generated
+    manifest.replay_records = len(replay)
+    manifest.replay_tokens = sum(len(t.input_ids) for t in replay)
+    manifest.train_records = len(data.train)
+    manifest.train_tokens += manifest.replay_tokens
+    manifest.trained_tokens += sum(t.trained_tokens for t in replay)
+
+
 def report_data(console: Console, data: PreparedData, model) -> None:
     manifest = data.manifest
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -232,6 +276,18 @@ def report_data(console: Console, data: PreparedData, model) -> None:
         f"{manifest.train_tokens:,} tokens ({manifest.trained_tokens:,} trained); "
         f"trainable parameters: {trainable:,} of {total:,} ({trainable / total:.2%})"
     )
+    if manifest.replay_source is not None:
+        task_records = manifest.train_records - manifest.replay_records
+        task_tokens = manifest.train_tokens - manifest.replay_tokens
+        console.print(
+            f"training mix: task {task_records} records / {task_tokens:,} tokens; "
+            f"replay {manifest.replay_records} records / {manifest.replay_tokens:,} tokens "
+            f"({manifest.replay_records / max(manifest.train_records, 1):.0%} of records) "
+            f"from {manifest.replay_source}"
+            + (f" ({manifest.replay_generated} answers generated now, "
+               f"{manifest.replay_records - manifest.replay_generated} from the cache)"
+               if manifest.replay_generated else "")
+        )
     if manifest.truncated:
         console.print(f"[yellow]warning:[/] {len(manifest.truncated)} record(s) truncated to max_seq_length: "
                       + ", ".join(manifest.truncated[:5]) + (" ..." if len(manifest.truncated) > 5 else ""))

@@ -1,8 +1,12 @@
-"""The causal-LM loss as a sum over trained tokens, so accumulation can divide by the true count.
+"""The training loss as a sum over trained tokens, so accumulation can divide by the true count.
 
 Averaging per micro-batch and then over micro-batches weights short examples more than
 long ones; summing and dividing once by the window's token count gives every trained token
 the same weight, whatever the batch size or accumulation.
+
+`train.kl_to_base` adds KL(base || tuned) on the trained tokens of replay records: the
+reference is the same network with the LoRA adapter switched off, so no second copy of the
+model is held in memory; it costs one extra forward pass (without gradients) over replay rows.
 """
 
 from __future__ import annotations
@@ -13,8 +17,26 @@ import torch.nn.functional as F
 from tuneforge.data.template import IGNORE
 
 
-def loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def loss_sum(model, batch: dict[str, torch.Tensor], kl_weight: float = 0.0, adapter_model=None) -> torch.Tensor:
+    """Cross-entropy summed over trained tokens, plus kl_weight * KL summed over replay tokens.
+
+    `adapter_model` is the unwrapped PEFT model whose adapter can be disabled (needed when kl_weight > 0).
+    """
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     shifted = logits[:, :-1].reshape(-1, logits.size(-1)).float()
     targets = batch["labels"][:, 1:].reshape(-1)
-    return F.cross_entropy(shifted, targets, ignore_index=IGNORE, reduction="sum")
+    loss = F.cross_entropy(shifted, targets, ignore_index=IGNORE, reduction="sum")
+    rows = batch.get("replay")
+    if kl_weight > 0 and rows is not None and bool(rows.any()):
+        loss = loss + kl_weight * kl_to_base_sum(adapter_model, batch, rows, logits[rows])
+    return loss
+
+
+def kl_to_base_sum(adapter_model, batch: dict[str, torch.Tensor], rows: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(base || tuned), summed over the trained tokens of the selected rows."""
+    with torch.no_grad(), adapter_model.disable_adapter():
+        base_logits = adapter_model(input_ids=batch["input_ids"][rows], attention_mask=batch["attention_mask"][rows]).logits
+    mask = batch["labels"][rows][:, 1:] != IGNORE
+    tuned_logp = F.log_softmax(logits[:, :-1][mask].float(), dim=-1)
+    base_logp = F.log_softmax(base_logits[:, :-1][mask].float(), dim=-1)
+    return F.kl_div(tuned_logp, base_logp, log_target=True, reduction="sum")

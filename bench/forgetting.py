@@ -1,0 +1,79 @@
+"""Does the fine-tune learn its task without forgetting the rest?  Runs a config with and without replay.
+
+Each variant is a real `tuneforge train` run of the same config (by default the quickstart), and
+the table shows what every run's eval/summary.json holds: held-out task prompts answered as
+taught, general questions answered correctly, validation loss, for the base model (the same for
+every variant) and each fine-tune, plus wall time.  The first variant, no replay, is the baseline.
+
+    python bench/forgetting.py                              # the quickstart's Tessel identity
+    python bench/forgetting.py --data bench/data/identity-orin --general bench/data/identity-orin/general.jsonl
+    python bench/forgetting.py --only replay kl             # a subset of the variants
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {
+    "none": ["data.replay=null"],
+    "replay": [],  # the config's own replay section (the quickstart's: self-replay, a quarter of the mix)
+    "kl": ["train.kl_to_base=0.5"],
+}
+
+
+def run(config: Path, name: str, overrides: list[str], out: Path) -> tuple[dict, float]:
+    command = [sys.executable, "-m", "tuneforge", "train", str(config), "--overwrite",
+               "--set", f"output_dir={out / name}"]
+    for item in overrides:
+        command += ["--set", item]
+    started = time.monotonic()
+    subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    elapsed = time.monotonic() - started
+    return json.loads((out / name / "eval" / "summary.json").read_text()), elapsed
+
+
+def cell(value) -> str:
+    if isinstance(value, list):
+        return f"{value[0]}/{value[1]}"
+    return "-" if value is None else f"{value:.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "quickstart.yaml")
+    parser.add_argument("--data", type=Path, help="a folder with train.jsonl, validation.jsonl, heldout.jsonl")
+    parser.add_argument("--general", type=Path, help="general questions JSONL (default: the shipped set)")
+    parser.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-forgetting")
+    args = parser.parse_args()
+
+    common = []
+    if args.data:
+        data = args.data.resolve()
+        common += [f"data.train={data / 'train.jsonl'}", f"data.validation={data / 'validation.jsonl'}",
+                   f"eval.prompts={data / 'heldout.jsonl'}"]
+    if args.general:
+        common.append(f"eval.general_questions={args.general.resolve()}")
+    rows = []
+    for name in args.only:
+        summary, seconds = run(args.config, name, common + VARIANTS[name], args.out)
+        rows.append((name, summary, seconds))
+        print(f"finished {name} in {seconds / 60:.1f} min", file=sys.stderr, flush=True)
+
+    keys = list(rows[0][1])
+    header = ["variant", *keys, "wall time"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + " --- |" * len(header))
+    print("| base model | " + " | ".join(cell(rows[0][1][k]["base"]) for k in keys) + " | - |")
+    for name, summary, seconds in rows:
+        print(f"| {name} | " + " | ".join(cell(summary[k]["tuned"]) for k in keys) + f" | {seconds / 60:.1f} min |")
+
+
+if __name__ == "__main__":
+    main()
