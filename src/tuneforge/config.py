@@ -204,6 +204,10 @@ def apply_override(raw: dict, item: str) -> tuple[str, ...]:
 def describe_errors(exc: ValidationError, path: Path, text: str, overridden: set[tuple[str, ...]]) -> str:
     lines = [f"{path}: invalid config ({exc.error_count()} problem{'s' if exc.error_count() > 1 else ''})"]
     for error in exc.errors():
+        cross_field = not error["loc"]  # a check across sections; its message starts with the key it is about
+        if cross_field:
+            key, _, rest = error["msg"].removeprefix("Value error, ").partition(" ")
+            error = {**error, "loc": tuple(key.split(".")), "msg": rest}
         loc = tuple(str(part) for part in error["loc"])
         dotted = ".".join(loc) or "(top level)"
         if any(loc[: len(keys)] == keys for keys in overridden):
@@ -218,7 +222,7 @@ def describe_errors(exc: ValidationError, path: Path, text: str, overridden: set
             message += f"; did you mean '{close[0]}'?" if close else f"; valid keys here: {', '.join(valid)}"
         else:
             message = error["msg"].removeprefix("Value error, ")
-            if error["type"] not in ("missing",) and "input" in error:
+            if error["type"] not in ("missing",) and "input" in error and not cross_field:
                 message += f" (got {error['input']!r})"
         lines.append(f"  {where}: {dotted}: {message}")
     return "\n".join(lines)
