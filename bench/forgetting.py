@@ -8,12 +8,17 @@ every variant) and each fine-tune, plus wall time.  The first variant, no replay
     python bench/forgetting.py                              # the quickstart's Tessel identity
     python bench/forgetting.py --data bench/data/identity-orin --general bench/data/identity-orin/general.jsonl
     python bench/forgetting.py --only replay kl             # a subset of the variants
+    python bench/forgetting.py --task-only Tessel           # train only on records whose replies say "Tessel"
+
+The quickstart's data already mixes 30 ordinary conversations into its 100, which by itself
+protects much of the general ability; --task-only drops them, which is the situation replay is for.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import subprocess
 import sys
 import time
@@ -38,6 +43,10 @@ def run(config: Path, name: str, overrides: list[str], out: Path) -> tuple[dict,
     return json.loads((out / name / "eval" / "summary.json").read_text()), elapsed
 
 
+def assistant_text(line: str) -> str:
+    return " ".join(m["content"] for m in json.loads(line)["messages"] if m["role"] == "assistant")
+
+
 def cell(value) -> str:
     if isinstance(value, list):
         return f"{value[0]}/{value[1]}"
@@ -50,6 +59,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="a folder with train.jsonl, validation.jsonl, heldout.jsonl")
     parser.add_argument("--general", type=Path, help="general questions JSONL (default: the shipped set)")
     parser.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--task-only", metavar="WORD",
+                        help="train only on the records whose assistant replies contain WORD")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-forgetting")
     args = parser.parse_args()
 
@@ -58,6 +69,13 @@ def main() -> None:
         data = args.data.resolve()
         common += [f"data.train={data / 'train.jsonl'}", f"data.validation={data / 'validation.jsonl'}",
                    f"eval.prompts={data / 'heldout.jsonl'}"]
+    if args.task_only:
+        train_file = args.data.resolve() / "train.jsonl" if args.data else ROOT / "examples" / "identity" / "train.jsonl"
+        kept = [line for line in train_file.read_text().splitlines() if args.task_only in assistant_text(line)]
+        filtered = Path(tempfile.mkdtemp()) / "train.jsonl"
+        filtered.write_text("\n".join(kept) + "\n")
+        print(f"--task-only {args.task_only}: {len(kept)} training records", file=sys.stderr)
+        common.append(f"data.train={filtered}")
     if args.general:
         common.append(f"eval.general_questions={args.general.resolve()}")
     rows = []

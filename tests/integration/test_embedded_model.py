@@ -56,7 +56,10 @@ def test_train_a_few_steps_then_generate_and_chat(tmp_path, capsys, monkeypatch)
     monkeypatch.chdir(ROOT)
     assert main(["train", str(config), "--set", f"data.train={train_file}", "--set", "train.max_steps=2",
                  "--set", "eval.prompts=null", "--set", f"output_dir={tmp_path / 'run'}"]) == 0
-    assert "validation loss: before" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "validation loss: before" in err
+    assert "training mix: task 8 records" in err and "replay 3 records" in err  # the quickstart's self-replay
+    assert "general questions: answered correctly" in err
     assert main(["generate", str(tmp_path / "run"), "What is your name?", "--max-new-tokens", "40"]) == 0
     assert capsys.readouterr().out.strip()
 

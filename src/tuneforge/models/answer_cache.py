@@ -42,8 +42,10 @@ def model_fingerprint(model_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def cache_path(model_dir: Path, sampling: Sampling) -> Path:
-    key = json.dumps({"model": model_fingerprint(model_dir), "sampling": asdict(sampling), "v": CACHE_VERSION})
+def cache_path(model_dir: Path, sampling: Sampling, dtype: str) -> Path:
+    """One file per (model, decoding settings, weight dtype): bf16 and fp32 greedy answers can differ."""
+    key = json.dumps({"model": model_fingerprint(model_dir), "sampling": asdict(sampling), "dtype": dtype,
+                      "v": CACHE_VERSION})
     return home() / "answers" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.jsonl"
 
 
@@ -74,20 +76,19 @@ def base_answers(
     """(one answer per prompt, how many had to be generated); `model` must be the untouched base.
 
     Only greedy decoding is cached: sampled answers are meant to differ between runs.  `model`
-    may be None when the base is no longer in memory (a resumed full fine-tune); then every
-    answer must already be cached.
+    is None when the base is no longer in memory (a resumed full fine-tune).
     """
+    if model is None:
+        raise ModelError(
+            f"{len(prompts)} base-model answer(s) are needed but the base model is no longer in memory "
+            "(a resumed full fine-tune whose config gained replay or check prompts); restart the run with --overwrite"
+        )
     if sampling.temperature > 0:
         conversations = [[{"role": "user", "content": p}] for p in prompts]
         return generate_completions(model, tokenizer, conversations, sampling), len(prompts)
-    path = cache_path(model_dir, sampling)
+    path = cache_path(model_dir, sampling, str(next(model.parameters()).dtype))
     cached = read_cache(path)
     missing = list(dict.fromkeys(p for p in prompts if p not in cached))
-    if missing and model is None:
-        raise ModelError(
-            f"{len(missing)} base-model answer(s) are needed but the base model is no longer in memory "
-            "(a resumed full fine-tune whose config gained replay or check prompts); restart the run with --overwrite"
-        )
     if missing:
         conversations = [[{"role": "user", "content": p}] for p in missing]
         was_training = model.training
