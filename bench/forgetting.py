@@ -26,8 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
-    "none": ["data.replay=null"],
-    "replay": [],  # the config's own replay section (the quickstart's: self-replay, a quarter of the mix)
+    "none": ["data.replay=null", "train.kl_to_base=0"],
+    "replay": ["train.kl_to_base=0"],  # the config's own replay section (the quickstart's: self-replay)
     "kl": ["train.kl_to_base=0.5"],
 }
 
