@@ -18,6 +18,7 @@ examples:
   tuneforge train configs/quickstart.yaml
   tuneforge train configs/quickstart.yaml --set train.learning_rate=1e-4 --set method=full
   tuneforge train configs/quickstart.yaml --resume
+  tuneforge train my_run.yaml --set data.replay.ratio=0.3 --set train.kl_to_base=0.5
   tuneforge chat runs/quickstart
   tuneforge generate runs/quickstart "Who are you?"
   tuneforge models list

@@ -49,10 +49,13 @@ def test_kl_weight_changes_the_loss_only_through_replay_rows(lora_model):
                 param.normal_(std=0.5)
     lora_model.eval()
     data = batch()
-    plain = loss_sum(lora_model, data).item()
-    assert loss_sum(lora_model, data, kl_weight=1.0, adapter_model=lora_model).item() > plain
+    plain, no_kl = loss_sum(lora_model, data)
+    assert no_kl.item() == 0.0
+    cross_entropy, kl = loss_sum(lora_model, data, kl_weight=1.0, adapter_model=lora_model)
+    assert cross_entropy.item() == pytest.approx(plain.item()) and kl.item() > 0
     data["replay"][:] = False
-    assert loss_sum(lora_model, data, kl_weight=1.0, adapter_model=lora_model).item() == pytest.approx(plain)
+    _, kl = loss_sum(lora_model, data, kl_weight=1.0, adapter_model=lora_model)
+    assert kl.item() == 0.0
 
 
 def test_kl_needs_lora_and_replay(run_config):
@@ -71,10 +74,12 @@ def test_a_run_with_kl_to_base_trains(run_config, tmp_path):
 
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Count to {i}."} for i in range(12)])
     config = load_config(run_config(**{
-        "data.replay": {"ratio": 0.3, "prompts": str(prompts), "max_new_tokens": 6},
+        "data.replay": {"ratio": 0.5, "prompts": str(prompts), "max_new_tokens": 6},
         "train.kl_to_base": 0.5, "train.max_steps": 3, "eval.general_check": False,
     }))
     result = train(config)
     assert result.interrupted_by is None
-    losses = [r["train_loss"] for r in read_metrics(result.run_dir) if "train_loss" in r]
-    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    logged = [r for r in read_metrics(result.run_dir) if "train_loss" in r]
+    assert len(logged) == 3
+    assert all(torch.isfinite(torch.tensor([r["train_loss"], r["train_kl_to_base"]])).all() for r in logged)
+    assert any(r["train_kl_to_base"] > 0 for r in logged[1:])  # the adapter moved after step 1

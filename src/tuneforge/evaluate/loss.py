@@ -25,7 +25,7 @@ def validation_loss(model, examples: list[TokenizedExample], batch_size: int, pa
     for start in range(0, len(ordered), batch_size):
         batch = {k: v.to(device) for k, v in collate(ordered[start : start + batch_size], pad_id).items()}
         with autocast():
-            total += loss_sum(model, batch).item()
+            total += loss_sum(model, batch)[0].item()
         count += label_count(batch["labels"])
     model.train(was_training)
     return total / max(count, 1)

@@ -138,7 +138,7 @@ def train(
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
                 continue
             micro_batches = [collate([data.train[i] for i in ids], pad_id) for ids in window]
-            loss, grad_norm, tokens = optimizer_step(
+            loss, kl, grad_norm, tokens = optimizer_step(
                 model, optimizer, micro_batches, accelerator, cfg.max_grad_norm, cfg.kl_to_base, adapter_model
             )
             scheduler.step()
@@ -150,6 +150,7 @@ def train(
                 metrics.log(
                     state.step,
                     train_loss=loss,
+                    **({"train_kl_to_base": kl} if cfg.kl_to_base > 0 else {}),
                     train_lr=scheduler.get_last_lr()[0],
                     train_grad_norm=grad_norm,
                     train_tokens_per_s=speed,
@@ -192,21 +193,26 @@ def train(
 
 def optimizer_step(
     model, optimizer, micro_batches, accelerator, max_grad_norm, kl_weight=0.0, adapter_model=None
-) -> tuple[float, float, int]:
-    """One update over a window of micro-batches; returns (mean loss per trained token, grad norm, tokens)."""
+) -> tuple[float, float, float, int]:
+    """One update over a window of micro-batches.
+
+    Returns (cross-entropy per trained token, KL to base per trained token, grad norm, tokens).
+    """
     device = accelerator.device
     micro_batches = [{k: v.to(device) for k, v in b.items()} for b in micro_batches]
     local_count = torch.tensor(sum(label_count(b["labels"]) for b in micro_batches), device=device)
     # Every process divides by the global count; DDP averages gradients, hence * num_processes.
     global_count = accelerator.reduce(local_count, reduction="sum").item()
     scale = accelerator.num_processes / max(global_count, 1)
-    total = 0.0
+    total_ce = total_kl = 0.0
     for index, batch in enumerate(micro_batches):
         sync = index == len(micro_batches) - 1
         with nullcontext() if sync else accelerator.no_sync(model), accelerator.autocast():
-            loss = loss_sum(model, batch, kl_weight, adapter_model) * scale
+            cross_entropy, kl = loss_sum(model, batch, kl_weight, adapter_model)
+            loss = (cross_entropy + kl_weight * kl) * scale
         accelerator.backward(loss)
-        total += loss.item()
+        total_ce += cross_entropy.item() * scale
+        total_kl += kl.item() * scale
     trainable = [p for p in model.parameters() if p.requires_grad]
     if max_grad_norm:
         grad_norm = float(accelerator.clip_grad_norm_(trainable, max_grad_norm))
@@ -215,7 +221,7 @@ def optimizer_step(
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     tokens = int(sum(b["attention_mask"].sum() for b in micro_batches))
-    return total / accelerator.num_processes, grad_norm, tokens
+    return total_ce / accelerator.num_processes, total_kl / accelerator.num_processes, grad_norm, tokens
 
 
 def save(run_dir, state, model, tokenizer, info, optimizer, scheduler, config, accelerator) -> None:

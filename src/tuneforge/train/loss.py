@@ -17,19 +17,23 @@ import torch.nn.functional as F
 from tuneforge.data.template import IGNORE
 
 
-def loss_sum(model, batch: dict[str, torch.Tensor], kl_weight: float = 0.0, adapter_model=None) -> torch.Tensor:
-    """Cross-entropy summed over trained tokens, plus kl_weight * KL summed over replay tokens.
+def loss_sum(
+    model, batch: dict[str, torch.Tensor], kl_weight: float = 0.0, adapter_model=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy summed over trained tokens, KL to base summed over replay tokens).
 
-    `adapter_model` is the unwrapped PEFT model whose adapter can be disabled (needed when kl_weight > 0).
+    The KL part is computed only when kl_weight > 0 and the batch has replay rows (else it is 0);
+    `adapter_model` is the unwrapped PEFT model whose adapter can be switched off.  The caller
+    weighs and adds the two, and logs them apart so train_loss stays comparable across runs.
     """
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     shifted = logits[:, :-1].reshape(-1, logits.size(-1)).float()
     targets = batch["labels"][:, 1:].reshape(-1)
-    loss = F.cross_entropy(shifted, targets, ignore_index=IGNORE, reduction="sum")
+    cross_entropy = F.cross_entropy(shifted, targets, ignore_index=IGNORE, reduction="sum")
     rows = batch.get("replay")
     if kl_weight > 0 and rows is not None and bool(rows.any()):
-        loss = loss + kl_weight * kl_to_base_sum(adapter_model, batch, rows, logits[rows])
-    return loss
+        return cross_entropy, kl_to_base_sum(adapter_model, batch, rows, logits[rows])
+    return cross_entropy, torch.zeros((), device=cross_entropy.device)
 
 
 def kl_to_base_sum(adapter_model, batch: dict[str, torch.Tensor], rows: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
