@@ -132,3 +132,25 @@ def test_shipped_prompt_sets_are_large_varied_and_disjoint():
     assert not {p.prompt.lower() for p in replay} & {p.prompt.lower() for p in general}
     kinds = {json.loads(line)["kind"] for line in builtin_prompts().read_text().splitlines()}
     assert {"fact", "arithmetic", "howto", "writing", "definition"} <= kinds
+
+
+def test_a_broken_prompt_file_is_named_with_its_line_before_training(run_config, tmp_path):
+    from tuneforge.errors import DataError
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Name a colour."}\n{"prompt": \n{"text": "no prompt key"}\n')
+    config = replay_run(run_config, tmp_path, prompts=str(prompts))
+    with pytest.raises(DataError) as error:
+        train(config)
+    message = str(error.value)
+    assert "prompts.jsonl:2" in message and "prompts.jsonl:3: 'prompt' is missing" in message
+    assert not (config.output_dir / "checkpoints").exists()
+
+
+def test_a_broken_general_questions_file_is_named_with_its_line(run_config, tmp_path):
+    from tuneforge.errors import DataError
+
+    questions = write_jsonl(tmp_path / "general.jsonl", [{"prompt": "Capital of France?", "expect": 3}])
+    config = load_config(run_config(**{"eval.general_questions": str(questions)}))
+    with pytest.raises(DataError, match=r"general.jsonl:1: 'expect' must be a string or a list of strings"):
+        train(config)
