@@ -60,29 +60,90 @@ class ReplayConfig(Section):
         return existing_file(path)
 
 
+def existing_source(text: str) -> str:
+    """A data source: a file, a folder, a glob pattern with matches, or hf:NAME[#SPLIT]."""
+    import glob
+
+    text = str(text)
+    if text.startswith("hf:"):
+        if len(text) <= 3:
+            raise ValueError("hf: needs a dataset name, e.g. hf:tatsu-lab/alpaca")
+        return text
+    if glob.has_magic(text):
+        pattern = str(Path(text).expanduser().absolute())
+        if not glob.glob(pattern, recursive=True):
+            raise ValueError(f"no files match {text} (relative paths are read from {Path.cwd()})")
+        return pattern
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise ValueError(f"file not found: {path} (relative paths are read from {Path.cwd()})")
+    return str(path.resolve())
+
+
+class CleanConfig(Section):
+    dedup: bool = Field(True, description="drop exact duplicates (after case and whitespace normalisation)")
+    near_dedup: bool = Field(False, description="drop near duplicates (MinHash/LSH over word shingles)")
+    near_dedup_threshold: float = Field(0.85, gt=0.0, le=1.0, description="estimated Jaccard similarity")
+    min_tokens: int | None = Field(None, ge=1, description="drop records shorter than this (tokens)")
+    max_tokens: int | None = Field(None, ge=1, description="drop records longer than this (tokens)")
+    redact_pii: bool = Field(False, description="replace emails, phones, IPs, card numbers with placeholders")
+    contamination: Literal["off", "report", "remove"] = Field(
+        "report", description="validation/test prompts that overlap training prompts: report, or remove from training"
+    )
+    contamination_ngram: int = Field(8, ge=1, description="n-gram size (words) of the contamination check")
+
+
 class DataConfig(Section):
-    train: list[Path] = Field(description="training files (JSONL/JSON), relative to the working directory")
-    validation: list[Path] = Field(default_factory=list, description="held-out files for validation loss")
-    format: Literal["auto", "chat", "alpaca"] = "auto"
+    train: list[str] = Field(description="training data: files, folders, glob patterns or hf:NAME[#SPLIT]")
+    validation: list[str] = Field(default_factory=list, description="held-out data for validation loss")
+    test: list[str] = Field(default_factory=list, description="final-test data, kept apart from training")
+    format: Literal["auto", "chat", "sharegpt", "alpaca", "preference", "feedback", "text", "classification"] = Field(
+        "auto", description="auto: detected from each file's first record"
+    )
+    columns: dict[str, str] = Field(default_factory=dict, description="canonical key -> the file's key")
+    roles: dict[str, str] = Field(default_factory=dict, description="the file's role name -> system/user/assistant/tool")
+    template: Literal["tokenizer", "chatml", "llama3", "alpaca"] = Field(
+        "tokenizer", description="chat template: the tokenizer's own, or a built-in one for base models"
+    )
+    on_invalid: Literal["error", "skip"] = Field(
+        "error", description="error: stop and report every bad record; skip: drop them and write the report"
+    )
     val_split: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of train held out when no validation files")
+    test_split: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of train held out when no test files")
+    packing: bool = Field(False, description="pack several examples into each sequence (no attention across them)")
+    clean: CleanConfig = Field(default_factory=CleanConfig)
     replay: ReplayConfig | None = Field(None, description="mix general data into training against forgetting")
 
-    @field_validator("train", "validation", mode="before")
+    @field_validator("train", "validation", "test", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, (str, Path)) else value
 
-    @field_validator("train", "validation")
+    @field_validator("train", "validation", "test")
     @classmethod
-    def _files_exist(cls, paths: list[Path]) -> list[Path]:
-        return [existing_file(path) for path in paths]
+    def _sources_exist(cls, sources: list[str]) -> list[str]:
+        return [existing_source(source) for source in sources]
 
     @field_validator("train")
     @classmethod
-    def _not_empty(cls, paths: list[Path]) -> list[Path]:
-        if not paths:
+    def _not_empty(cls, sources: list[str]) -> list[str]:
+        if not sources:
             raise ValueError("name at least one training file")
-        return paths
+        return sources
+
+    @field_validator("roles")
+    @classmethod
+    def _canonical_roles(cls, roles: dict[str, str]) -> dict[str, str]:
+        for name, role in roles.items():
+            if role not in ("system", "user", "assistant", "tool", "function_call"):
+                raise ValueError(f"roles.{name}: {role!r} is not one of system, user, assistant, tool, function_call")
+        return roles
+
+    @model_validator(mode="after")
+    def _splits_leave_training_data(self) -> DataConfig:
+        if self.val_split + self.test_split >= 1.0:
+            raise ValueError("val_split + test_split must leave some training data (sum below 1)")
+        return self
 
 
 class LoraConfig(Section):

@@ -1,10 +1,10 @@
 import pytest
 
-from tuneforge.data.records import ChatExample, Message
+from tuneforge.data.records import Record, Message
 from tuneforge.data.template import IGNORE, tokenize_example
 from tuneforge.errors import DataError
 
-CONVERSATION = ChatExample(
+CONVERSATION = Record(
     (
         Message("user", "Who are you?"),
         Message("assistant", "I am Tessel, made by the Tuneforge team."),
@@ -57,12 +57,12 @@ def test_llama3_labels_cover_assistant_content_and_eot(llama3_tokenizer):
 def test_weight_zero_turn_is_not_trained(chatml_tokenizer):
     messages = list(CONVERSATION.messages)
     messages[1] = Message("assistant", messages[1].content, weight=0)
-    tokens = tokenize_example(ChatExample(tuple(messages), "t:1"), chatml_tokenizer, stop_ids(chatml_tokenizer, "<|im_end|>"))
+    tokens = tokenize_example(Record(tuple(messages), "t:1"), chatml_tokenizer, stop_ids(chatml_tokenizer, "<|im_end|>"))
     assert trained_pieces(chatml_tokenizer, tokens) == ["I answer questions.<|im_end|>"]
 
 
 def test_assistant_content_that_also_appears_in_the_prompt(chatml_tokenizer):
-    example = ChatExample((Message("user", "Say: yes"), Message("assistant", "yes")), "t:1")
+    example = Record((Message("user", "Say: yes"), Message("assistant", "yes")), "t:1")
     tokens = tokenize_example(example, chatml_tokenizer, stop_ids(chatml_tokenizer, "<|im_end|>"))
     assert trained_pieces(chatml_tokenizer, tokens) == ["yes<|im_end|>"]
 

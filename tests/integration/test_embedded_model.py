@@ -9,7 +9,7 @@ import pytest
 
 from tuneforge import paths
 from tuneforge.cli import main
-from tuneforge.data.records import ChatExample, Message
+from tuneforge.data.records import Record, Message
 from tuneforge.data.template import IGNORE, tokenize_example
 from tuneforge.models import catalog, embedded
 from tuneforge.models.generate import Sampling, generate_replies, stop_token_ids
@@ -33,7 +33,7 @@ def smollm():
 
 def test_labels_with_the_embedded_chat_template(smollm):
     model, tokenizer = smollm
-    example = ChatExample((Message("user", "Who are you?"), Message("assistant", "I am Tessel.")), "t:1")
+    example = Record((Message("user", "Who are you?"), Message("assistant", "I am Tessel.")), "t:1")
     tokens = tokenize_example(example, tokenizer, stop_token_ids(model, tokenizer))
     trained = [t for t, label in zip(tokens.input_ids, tokens.labels) if label != IGNORE]
     assert tokenizer.decode(trained) == "I am Tessel.<|im_end|>"

@@ -1,20 +1,17 @@
-"""From the config's data section to tokenized train and validation sets, plus a manifest.
+"""The data manifest (what a run was trained on) and the small helpers shared by prepare and replay.
 
-The manifest (file hashes, record counts, what was truncated) is written into the run
+The manifest (file hashes, formats, record counts, what was dropped) is written into the run
 directory, so a run can always say exactly what it was trained on.
 """
 
 from __future__ import annotations
 
 import hashlib
-import random
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from tuneforge.config import DataConfig
-from tuneforge.data.formats import read_examples
-from tuneforge.data.records import ChatExample
-from tuneforge.data.template import IGNORE, TokenizedExample, tokenize_example
+from tuneforge.data.records import Record
+from tuneforge.data.template import IGNORE, TokenizedExample, tokenize_records
 from tuneforge.errors import DataError
 
 
@@ -25,7 +22,12 @@ class DataManifest:
     validation_records: int = 0
     train_tokens: int = 0
     trained_tokens: int = 0
-    truncated: list[str] = field(default_factory=list)
+    test_records: int = 0
+    formats: dict[str, str] = field(default_factory=dict)  # file -> detected format
+    invalid_records: int = 0  # skipped by on_invalid: skip (listed in the data report)
+    dropped_records: int = 0  # removed by cleaning (listed in the data report)
+    cleaning: dict[str, int] = field(default_factory=dict)
+    truncated: list[str] = field(default_factory=list)  # replay records cut to max_seq_length
     replay_source: str | None = None
     replay_records: int = 0  # included in train_records
     replay_tokens: int = 0  # included in train_tokens
@@ -33,13 +35,6 @@ class DataManifest:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass
-class PreparedData:
-    train: list[TokenizedExample]
-    validation: list[TokenizedExample]
-    manifest: DataManifest
 
 
 def sha256(path: Path) -> str:
@@ -50,28 +45,12 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_all(paths: list[Path], fmt) -> list[ChatExample]:
-    return [example for path in paths for example in read_examples(path, fmt)]
-
-
-def split(examples: list[ChatExample], fraction: float, seed: int) -> tuple[list[ChatExample], list[ChatExample]]:
-    if fraction <= 0:
-        return examples, []
-    shuffled = examples[:]
-    random.Random(seed).shuffle(shuffled)
-    n_val = max(1, round(len(shuffled) * fraction))
-    if n_val >= len(shuffled):
-        raise DataError(f"val_split={fraction} leaves no training records out of {len(shuffled)}")
-    return shuffled[n_val:], shuffled[:n_val]
-
-
 def encode(
-    examples: list[ChatExample], tokenizer, stop_ids: list[int], max_len: int, manifest: DataManifest
+    examples: list[Record], tokenizer, stop_ids: list[int], max_len: int, manifest: DataManifest
 ) -> list[TokenizedExample]:
     """Tokenize and mask; a record longer than max_len is truncated and listed in the manifest."""
     encoded = []
-    for example in examples:
-        tokens = tokenize_example(example, tokenizer, stop_ids)
+    for example, tokens in zip(examples, tokenize_records(examples, tokenizer, stop_ids)):
         if len(tokens.input_ids) > max_len:
             tokens = replace(tokens, input_ids=tokens.input_ids[:max_len], labels=tokens.labels[:max_len])
             manifest.truncated.append(example.source)
@@ -82,24 +61,6 @@ def encode(
             )
         encoded.append(tokens)
     return encoded
-
-
-def prepare(config: DataConfig, tokenizer, stop_ids: list[int], max_len: int, seed: int) -> PreparedData:
-    manifest = DataManifest(files={str(p): sha256(p) for p in [*config.train, *config.validation]})
-    train = read_all(config.train, config.format)
-    if config.validation:
-        validation = read_all(config.validation, config.format)
-    else:
-        train, validation = split(train, config.val_split, seed)
-    prepared = PreparedData(
-        encode(train, tokenizer, stop_ids, max_len, manifest),
-        encode(validation, tokenizer, stop_ids, max_len, manifest),
-        manifest,
-    )
-    manifest.train_records, manifest.validation_records = len(prepared.train), len(prepared.validation)
-    manifest.train_tokens = sum(len(t.input_ids) for t in prepared.train)
-    manifest.trained_tokens = sum(t.trained_tokens for t in prepared.train)
-    return prepared
 
 
 def label_count(labels) -> int:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from tuneforge.config import ReplayConfig
 from tuneforge.data.dataset import DataManifest, encode
-from tuneforge.data.formats import read_examples
-from tuneforge.data.records import ChatExample, Message
+from tuneforge.data.formats import read_records
+from tuneforge.data.records import Record, Message
 from tuneforge.data.template import TokenizedExample, without_end_of_turn
 from tuneforge.errors import DataError
 from tuneforge.evaluate.probe import read_probes
@@ -35,7 +35,7 @@ RUN_FILE = Path("data") / "replay.jsonl"
 
 @dataclass(frozen=True)
 class ReplayRecord:
-    example: ChatExample
+    example: Record
     finished: bool = True  # False: the answer hit max_new_tokens, so its end-of-turn is not trained
 
 
@@ -75,7 +75,7 @@ def self_replay(config: ReplayConfig, count: int, seed: int, model, tokenizer, m
     answers, generated = base_answers(model, tokenizer, model_dir, chosen, Sampling(config.max_new_tokens))
     records = [
         ReplayRecord(
-            ChatExample((Message("user", prompt), Message("assistant", answer.text)), f"self-replay: {prompt!r}"),
+            Record((Message("user", prompt), Message("assistant", answer.text)), f"self-replay: {prompt!r}"),
             answer.finished,
         )
         for prompt, answer in zip(chosen, answers)
@@ -91,7 +91,7 @@ def self_replay(config: ReplayConfig, count: int, seed: int, model, tokenizer, m
 
 
 def dataset_replay(config: ReplayConfig, count: int, seed: int) -> ReplayMix:
-    pool = [example for path in config.data for example in read_examples(path, "auto")]
+    pool = [example for path in config.data for example in read_records(path, "auto")]
     if not pool:
         raise DataError(f"data.replay.data: {', '.join(map(str, config.data))} holds no records")
     chosen = pick(len(pool), count, seed)
@@ -116,7 +116,7 @@ def load_mix(path: Path) -> ReplayMix:
     header, *lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     records = [
         ReplayRecord(
-            ChatExample(tuple(Message(m["role"], m["content"]) for m in line["messages"]), line["origin"]),
+            Record(tuple(Message(m["role"], m["content"]) for m in line["messages"]), line["origin"]),
             line["finished"],
         )
         for line in lines

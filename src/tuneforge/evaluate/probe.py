@@ -14,7 +14,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tuneforge.data.formats import iter_raw
+from tuneforge.data.readers import read
 from tuneforge.errors import DataError
 from tuneforge.models.generate import Sampling, generate_replies
 
@@ -36,9 +36,10 @@ DIGIT_GROUPS = re.compile(r"(?<=\d),(?=\d{3}\b)")  # 1,000 -> 1000
 
 def read_probes(path: Path) -> list[Probe]:
     probes, problems = [], []
-    for location, record in iter_raw(path):
-        if isinstance(record, DataError) or not isinstance(record, dict):
-            problems.append(f"  {location}: {record if isinstance(record, DataError) else 'not a JSON object'}")
+    for raw in read(str(path)):
+        location, record = raw.location, raw.value
+        if raw.problem is not None or not isinstance(record, dict):
+            problems.append(f"  {location}: {raw.problem or 'not a JSON object'}")
             continue
         prompt, expect = record.get("prompt"), record.get("expect", [])
         if isinstance(expect, str):

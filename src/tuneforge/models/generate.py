@@ -32,8 +32,13 @@ class Sampling:
 
 
 def stop_token_ids(model, tokenizer) -> list[int]:
+    return end_of_turn_ids(getattr(model, "generation_config", None), tokenizer)
+
+
+def end_of_turn_ids(generation_config, tokenizer) -> list[int]:
+    """Every token that ends a reply: the generation config's EOS ids, the tokenizer's EOS, known end-of-turn markers."""
     ids: set[int] = set()
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    configured = getattr(generation_config, "eos_token_id", None)
     if isinstance(configured, int):
         ids.add(configured)
     elif configured:

@@ -22,12 +22,14 @@ from rich.console import Console
 
 from tuneforge.config import RunConfig, dump_config
 from tuneforge.data.batching import collate, epoch_batches
-from tuneforge.data.dataset import PreparedData, label_count, prepare
+from tuneforge.data.dataset import label_count
+from tuneforge.data.packing import collate_packed, pack
+from tuneforge.data.prepare import PreparedData, prepare
 from tuneforge.data.replay import encode_mix, replay_mix
 from tuneforge.errors import RunDirError
 from tuneforge.evaluate import before_after
 from tuneforge.evaluate.loss import validation_loss
-from tuneforge.models.generate import stop_token_ids
+from tuneforge.models.tokenizer import training_tokenizer
 from tuneforge.train import checkpoint as ckpt
 from tuneforge.train.checkpoint import TrainState
 from tuneforge.train.loss import loss_sum
@@ -81,11 +83,12 @@ def train(
     cfg = config.train
     seed_everything(cfg.seed)
 
+    # Data first, with the tokenizer alone: a bad record stops the run before the model loads.
+    tokenizer, stop_ids = training_tokenizer(config.model.name, config.data.template)
+    data = prepare(config.data, tokenizer, stop_ids, cfg.max_seq_length, cfg.seed)
     use_cuda = torch.cuda.is_available()
     accelerator = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if use_cuda else "no")
-    model, tokenizer, info, base_dir = build_model(config, accelerator.device, checkpoint)
-    stop_ids = stop_token_ids(model, tokenizer)
-    data = prepare(config.data, tokenizer, stop_ids, cfg.max_seq_length, cfg.seed)
+    model, info, base_dir = build_model(config, accelerator.device, checkpoint)
     (run_dir / "config.yaml").write_text(dump_config(config))
     sets = before_after.probe_sets(config.eval)
     resuming = checkpoint is not None  # only then are the replay mix and base answers in run_dir reused
@@ -100,9 +103,18 @@ def train(
                 probe_set, run_dir, resuming, base, tokenizer, base_dir, config.eval.max_new_tokens
             )
     (run_dir / "data_manifest.json").write_text(json.dumps(data.manifest.as_dict(), indent=2))
+    if data.directory is not None:
+        shutil.copyfile(data.directory / "report.json", run_dir / "data_report.json")
     report_data(console, data, model)
 
-    lengths = [len(e.input_ids) for e in data.train]
+    units, lengths = training_units(data, config.data.packing, cfg.max_seq_length)
+    mask_dtype = torch.bfloat16 if use_cuda else torch.float32
+
+    def batch_of(ids: list[int]) -> dict[str, torch.Tensor]:
+        if config.data.packing:
+            return collate_packed([[data.train[i] for i in units[u]] for u in ids], pad_id, mask_dtype)
+        return collate([data.train[i] for i in ids], pad_id)
+
     batches_per_epoch = math.ceil(len(lengths) / cfg.batch_size)
     steps = total_steps(cfg, batches_per_epoch)
     optimizer = build_optimizer(model, cfg)
@@ -137,7 +149,7 @@ def train(
             if not window:
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
                 continue
-            micro_batches = [collate([data.train[i] for i in ids], pad_id) for ids in window]
+            micro_batches = [batch_of(ids) for ids in window]
             loss, kl, grad_norm, tokens = optimizer_step(
                 model, optimizer, micro_batches, accelerator, cfg.max_grad_norm, cfg.kl_to_base, adapter_model
             )
@@ -220,7 +232,7 @@ def optimizer_step(
         grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in trainable if p.grad is not None])))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    tokens = int(sum(b["attention_mask"].sum() for b in micro_batches))
+    tokens = int(sum((b["tokens"] if "tokens" in b else b["attention_mask"]).sum() for b in micro_batches))
     return total_ce / accelerator.num_processes, total_kl / accelerator.num_processes, grad_norm, tokens
 
 
@@ -261,10 +273,19 @@ def untouched(model, trained: bool):
         yield None
 
 
+def training_units(data: PreparedData, packing: bool, max_len: int) -> tuple[list[list[int]], list[int]]:
+    """What a batch is made of: single examples, or packed bins of examples; with their lengths."""
+    lengths = data.train.lengths()
+    if not packing:
+        return [[i] for i in range(len(lengths))], lengths
+    bins = pack(lengths, max_len, data.train.replay_flags())
+    return bins, [sum(lengths[i] for i in b) for b in bins]
+
+
 def add_replay(data: PreparedData, mix, tokenizer, stop_ids: list[int], max_len: int) -> None:
     manifest = data.manifest
     replay = encode_mix(mix, tokenizer, stop_ids, max_len, manifest)
-    data.train.extend(replay)
+    data.train = data.train.with_extra(replay)
     manifest.replay_source, manifest.replay_generated = mix.source, mix.generated
     manifest.replay_records = len(replay)
     manifest.replay_tokens = sum(len(t.input_ids) for t in replay)
@@ -293,6 +314,12 @@ def report_data(console: Console, data: PreparedData, model) -> None:
             + (f" ({manifest.replay_generated} answers generated now, "
                f"{manifest.replay_records - manifest.replay_generated} from the cache)"
                if manifest.replay_generated else "")
+        )
+    if manifest.invalid_records or manifest.dropped_records:
+        cleaning = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(manifest.cleaning.items()) if v)
+        console.print(
+            f"[yellow]data report:[/] {manifest.invalid_records} invalid record(s) skipped, "
+            f"{manifest.dropped_records} dropped by cleaning ({cleaning or 'none'}); see data_report.json"
         )
     if manifest.truncated:
         console.print(f"[yellow]warning:[/] {len(manifest.truncated)} record(s) truncated to max_seq_length: "

@@ -7,6 +7,9 @@ the same weight, whatever the batch size or accumulation.
 `train.kl_to_base` adds KL(base || tuned) on the trained tokens of replay records: the
 reference is the same network with the LoRA adapter switched off, so no second copy of the
 model is held in memory; it costs one extra forward pass (without gradients) over replay rows.
+
+Packed batches (data/packing.py) carry position_ids and a 4-D block-diagonal mask; both are
+passed to the model as they are, and the KL rows are sliced from them like the other inputs.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ def loss_sum(
     `adapter_model` is the unwrapped PEFT model whose adapter can be switched off.  The caller
     weighs and adds the two, and logs them apart so train_loss stays comparable across runs.
     """
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = model(**model_inputs(batch)).logits
     shifted = logits[:, :-1].reshape(-1, logits.size(-1)).float()
     targets = batch["labels"][:, 1:].reshape(-1)
     cross_entropy = F.cross_entropy(shifted, targets, ignore_index=IGNORE, reduction="sum")
@@ -39,8 +42,14 @@ def loss_sum(
 def kl_to_base_sum(adapter_model, batch: dict[str, torch.Tensor], rows: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """KL(base || tuned), summed over the trained tokens of the selected rows."""
     with torch.no_grad(), adapter_model.disable_adapter():
-        base_logits = adapter_model(input_ids=batch["input_ids"][rows], attention_mask=batch["attention_mask"][rows]).logits
+        base_logits = adapter_model(**model_inputs(batch, rows)).logits
     mask = batch["labels"][rows][:, 1:] != IGNORE
     tuned_logp = F.log_softmax(logits[:, :-1][mask].float(), dim=-1)
     base_logp = F.log_softmax(base_logits[:, :-1][mask].float(), dim=-1)
     return F.kl_div(tuned_logp, base_logp, log_target=True, reduction="sum")
+
+
+def model_inputs(batch: dict[str, torch.Tensor], rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The model's keyword arguments from a batch: position_ids only when it has them (packed rows)."""
+    names = ["input_ids", "attention_mask"] + (["position_ids"] if "position_ids" in batch else [])
+    return {name: batch[name] if rows is None else batch[name][rows] for name in names}

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from tuneforge.config import RunConfig, TrainConfig
-from tuneforge.models.load import ModelInfo, load_causal_lm, load_tokenizer, pick_dtype
+from tuneforge.models.load import ModelInfo, load_causal_lm, pick_dtype
 from tuneforge.models.resolve import resolve
 
 
@@ -21,20 +21,19 @@ def seed_everything(seed: int) -> None:
 
 
 def build_model(config: RunConfig, device: torch.device, checkpoint: Path | None):
-    """(model, tokenizer, info, base model directory); from `checkpoint/model` when resuming.
+    """(model, info, base model directory); from `checkpoint/model` when resuming.
 
     On CUDA, full fine-tuning keeps fp32 master weights (bf16 comes from autocast); LoRA
     keeps the frozen base in bf16 to halve its memory while peft keeps adapters in fp32.
     """
     base_dir = resolve(config.model.name)
-    tokenizer = load_tokenizer(base_dir)
     info = ModelInfo(base_model=config.model.name, method=config.method)
     dtype = pick_dtype(config.model.dtype, device)
     if config.method == "full":
         source = checkpoint / "model" if checkpoint else base_dir
         model = load_causal_lm(source, torch.float32 if config.model.dtype == "auto" else dtype)
         model.requires_grad_(True)
-        return model, tokenizer, info, base_dir
+        return model, info, base_dir
     from peft import LoraConfig, PeftModel, get_peft_model
 
     base = load_causal_lm(base_dir, dtype)
@@ -52,7 +51,7 @@ def build_model(config: RunConfig, device: torch.device, checkpoint: Path | None
                 task_type="CAUSAL_LM",
             ),
         )
-    return model, tokenizer, info, base_dir
+    return model, info, base_dir
 
 
 def build_optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
