@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tuneforge.data.formats import FORMATS, Mapping, SourceReader, convert, detect, read_records
-from tuneforge.data.records import Message, ToolCall
+from tuneforge.data.formats import FORMATS, Mapping, Problem, SourceReader, detect, read_records
+from tuneforge.data.records import ToolCall
 from tuneforge.data.validation import DataReport
 from tuneforge.errors import DataError
 
@@ -455,7 +455,7 @@ def test_report_counts_alike_problems_together(tmp_path):
         chat(("user", "q"), ("wizard", "a")),
         chat(("user", "q"), ("assistant", "a"), ("assistant", "b")),
     ])
-    problems = [item for item in SourceReader(str(path), "auto", Mapping()) if not hasattr(item, "messages")]
+    problems = [item for item in SourceReader(str(path), "auto", Mapping()) if isinstance(item, Problem)]
     assert [p.location for p in problems] == [f"{path}:2", f"{path}:3", f"{path}:4"]
     counts = DataReport(invalid=problems).as_dict()["invalid_by_reason"]
     assert counts == {"unknown role …": 2, "turn …: two assistant messages in a row": 1}
