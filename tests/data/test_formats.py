@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import write_jsonl
 from tuneforge.data.formats import FORMATS, Mapping, Problem, SourceReader, detect, read_records
 from tuneforge.data.records import ToolCall
 from tuneforge.data.validation import DataReport
@@ -504,3 +505,24 @@ def test_a_broken_line_7_is_named(tmp_path, make, reason):
     message = failure(path)
     assert "1 invalid record(s)" in message
     assert f"  {path}:7: {reason}" in message
+
+
+def test_other_real_world_shapes_read_without_mapping(tmp_path):
+    """Anthropic HH transcripts, UltraFeedback-style sides that repeat the prompt, Dolly's column names."""
+    hh = {"chosen": "\n\nHuman: What is rain?\n\nAssistant: Water falling from clouds.",
+          "rejected": "\n\nHuman: What is rain?\n\nAssistant: No idea."}
+    ultra = {"prompt": "Name a prime.", "chosen": [{"role": "user", "content": "Name a prime."},
+                                                   {"role": "assistant", "content": "7"}],
+             "rejected": [{"role": "user", "content": "Name a prime."}, {"role": "assistant", "content": "8"}]}
+    dolly = {"instruction": "Summarise.", "context": "Tides rise and fall.", "response": "Tides move.",
+             "category": "summarization"}
+    [first] = read_records(write_jsonl(tmp_path / "hh.jsonl", [hh]))
+    assert [(m.role, m.content) for m in first.messages] == [("user", "What is rain?")]
+    assert [m.content for m in first.chosen] == ["Water falling from clouds."]
+    assert [m.content for m in first.rejected] == ["No idea."]
+    [second] = read_records(write_jsonl(tmp_path / "ultra.jsonl", [ultra]))
+    assert [m.content for m in second.messages] == ["Name a prime."]
+    assert [m.content for m in second.chosen] == ["7"] and [m.content for m in second.rejected] == ["8"]
+    [third] = read_records(write_jsonl(tmp_path / "dolly.jsonl", [dolly]))
+    assert [(m.role, m.content) for m in third.messages] == [
+        ("user", "Summarise.\nTides rise and fall."), ("assistant", "Tides move.")]

@@ -143,7 +143,7 @@ def test_text_records_train_every_token_and_end_with_eos(tmp_path, chatml_tokeni
 
 def test_preference_data_cannot_be_trained_and_says_so(tmp_path, chatml_tokenizer):
     path = write_jsonl(tmp_path / "prefs.jsonl", [{"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}])
-    with pytest.raises(DataError, match=rf"{path}:1: a preference record; training uses chat and text records"):
+    with pytest.raises(DataError, match=rf"{path}:1: a preference record; training uses chat, text and classification records"):
         run(chatml_tokenizer, train=[str(path)])
 
 
@@ -180,3 +180,16 @@ def test_training_with_packing_uses_fewer_rows(run_config):
     losses = [json.loads(line) for line in (packed.run_dir / "metrics.jsonl").read_text().splitlines()]
     train_losses = [m["train_loss"] for m in losses if "train_loss" in m]
     assert train_losses[-1] < train_losses[0]
+
+
+def test_classification_trains_the_label_as_the_reply_and_splits_stratified(tmp_path, chatml_tokenizer):
+    records = [{"text": f"Message number {i} about the weather", "label": "spam" if i % 5 == 0 else "ham"}
+               for i in range(50)]
+    path = write_jsonl(tmp_path / "labels.jsonl", records)
+    prepared = run(chatml_tokenizer, train=[str(path)], val_split=0.2)
+    labels = []
+    for example in prepared.validation:
+        trained = [t for t, label in zip(example.input_ids, example.labels) if label != IGNORE]
+        labels.append(chatml_tokenizer.decode(trained).removesuffix("<|im_end|>"))
+    assert sorted(labels) == ["ham"] * 8 + ["spam"] * 2
+    assert len(prepared.train) == 40

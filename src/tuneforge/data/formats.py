@@ -18,6 +18,7 @@ says which field is wrong; the caller adds the file and line.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ FORMATS: tuple[str, ...] = Format.__args__[1:]  # type: ignore[attr-defined]
 
 ROLE_ALIASES = {
     "system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
-    "model": "assistant", "bot": "assistant", "tool": "tool", "observation": "tool", "function": "tool",
+    "model": "assistant", "bot": "assistant", "chatgpt": "assistant", "tool": "tool", "observation": "tool", "function": "tool",
     "ipython": "tool", "function_call": "function_call",
 }
 NESTED = ("messages", "conversations", "chosen", "rejected", "preferred_output", "non_preferred_output", "input")
@@ -249,7 +250,8 @@ def from_sharegpt(value: dict, source: str, roles: dict[str, str]) -> Record:
 
 
 def alpaca_prompt(value: dict) -> tuple[Message, ...]:
-    instruction, extra = text_field(value, "instruction", True), text_field(value, "input", False)
+    extra_key = "input" if "input" in value or "context" not in value else "context"  # Dolly calls it context
+    instruction, extra = text_field(value, "instruction", True), text_field(value, extra_key, False)
     messages: list[Message] = []
     history = structured(value.get("history"), "'history'") or []
     if not isinstance(history, list):
@@ -263,18 +265,33 @@ def alpaca_prompt(value: dict) -> tuple[Message, ...]:
 
 
 def from_alpaca(value: dict, source: str, roles: dict[str, str]) -> Record:
-    messages = (*alpaca_prompt(value), Message("assistant", text_field(value, "output", True)))
+    output_key = "output" if "output" in value or "response" not in value else "response"  # Dolly: response
+    messages = (*alpaca_prompt(value), Message("assistant", text_field(value, output_key, True)))
     check_turns(messages)
     return Record(messages, source, "chat")
 
 
+TRANSCRIPT_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant): ")
+
+
+def transcript(text: str) -> tuple[Message, ...] | None:
+    """An Anthropic HH-style transcript ("\n\nHuman: ...\n\nAssistant: ...") as messages; None if it is not one."""
+    parts = TRANSCRIPT_TURN.split(text)
+    if len(parts) < 5 or parts[0].strip():
+        return None
+    return tuple(
+        Message("user" if speaker == "Human" else "assistant", content.strip())
+        for speaker, content in zip(parts[1::2], parts[2::2])
+    )
+
+
 def reply(value: dict, key: str, roles: dict[str, str]) -> tuple[Message, ...]:
-    """A preference side: a string, one message, or a list of messages."""
+    """A preference side: a string (a reply, or a whole HH-style transcript), one message, or a list of messages."""
     item = structured(value.get(key), f"'{key}'") if not isinstance(value.get(key), str) else value[key]
     if isinstance(item, str):
         if not item.strip():
             raise ValueError(f"'{key}' is missing or empty")
-        return (Message("assistant", item),)
+        return transcript(item) or (Message("assistant", item),)
     return message_list({key: item}, key, roles)
 
 
@@ -303,6 +320,8 @@ def from_preference(value: dict, source: str, roles: dict[str, str]) -> Record:
         raise ValueError("'input' must be an object with the prompt's messages")
     prompt = preference_prompt(value, roles)
     chosen, rejected = reply(value, chosen_key, roles), reply(value, rejected_key, roles)
+    if prompt and chosen[: len(prompt)] == prompt and rejected[: len(prompt)] == prompt:
+        chosen, rejected = chosen[len(prompt) :], rejected[len(prompt) :]  # sides that repeat the prompt
     if not prompt:  # TRL's implicit-prompt shape: both sides are whole conversations sharing the prompt
         shared = 0
         while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:

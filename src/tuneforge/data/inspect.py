@@ -26,6 +26,7 @@ from tuneforge.errors import DataError
 
 CHUNK = 512
 SHOWN = 20
+TRAINABLE = ("chat", "text", "classification")  # rendered as they would be trained
 
 
 @dataclass
@@ -45,10 +46,10 @@ class FileStats:
 
 
 def record_tokens(records: list[Record], tokenizer, stop_ids: list[int]) -> list[int]:
-    """Token count of each record as it would be trained (chat and text) or as plain text (other kinds)."""
-    trainable = [r for r in records if r.kind in ("chat", "text")]
+    """Token count of each record as it would be trained, or as plain text for kinds not trained yet."""
+    trainable = [r for r in records if r.kind in TRAINABLE]
     lengths = {id(r): len(t.input_ids) for r, t in zip(trainable, tokenize_records(trainable, tokenizer, stop_ids))}
-    others = [r for r in records if r.kind not in ("chat", "text")]
+    others = [r for r in records if r.kind not in TRAINABLE]
     if others:  # a preference pair is seen as two sequences: prompt + chosen, prompt + rejected
         sides = [[replace(r, rejected=()), replace(r, chosen=())] if r.kind == "preference" else [r] for r in others]
         encoded = iter(tokenizer([s.full_text() for side in sides for s in side], add_special_tokens=False)["input_ids"])

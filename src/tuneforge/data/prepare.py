@@ -36,7 +36,7 @@ from tuneforge.paths import home
 
 FORMAT_VERSION = 1  # bump when the store's layout or the rendering changes
 CHUNK = 512
-TRAINABLE = ("chat", "text")
+TRAINABLE = ("chat", "text", "classification")
 SPLITS = ("train", "validation", "test")
 
 
@@ -153,7 +153,7 @@ def records_of(files: dict[str, list[str]], config: DataConfig, report: DataRepo
                     continue
                 if item.kind not in TRAINABLE:
                     raise DataError(
-                        f"{item.source}: a {item.kind} record; training uses chat and text records "
+                        f"{item.source}: a {item.kind} record; training uses chat, text and classification records "
                         f"(`tuneforge data inspect {file}` checks {item.kind} data)"
                     )
                 yield split, item
@@ -205,7 +205,8 @@ def build(config, files, hashes, tokenizer, stop_ids, max_len, seed, directory: 
     val_fraction = 0.0 if files["validation"] else config.val_split
     test_fraction = 0.0 if files["test"] else config.test_split
     if val_fraction or test_fraction:
-        train_labels = [labels[row] for row in train] if config.format == "classification" else None
+        labelled = all(labels[row] is not None for row in train)  # classification data: stratify by label
+        train_labels = [labels[row] for row in train] if labelled else None
         split = split_rows(train, val_fraction, test_fraction, seed, train_labels)
         train = split.train
         validation = validation if files["validation"] else split.validation

@@ -78,6 +78,8 @@ def render(record: Record, tokenizer) -> Rendered:
         bos = tokenizer.bos_token or ""
         text = f"{bos}{record.text}{tokenizer.eos_token or ''}"
         return Rendered(text, [(len(bos), len(text), len(text))])
+    if record.kind == "classification":  # trained as a reply: the text asks, the label answers
+        record = Record((Message("user", record.text), Message("assistant", str(record.label))), record.source)
     if record.kind != "chat":
         raise DataError(f"{record.source}: {record.kind} records cannot be rendered as a chat to train on")
     if not tokenizer.chat_template:
