@@ -188,7 +188,8 @@ def generate(path: Path, clean_path: Path | None, records: int, seed: int) -> di
     recent: deque[dict] = deque(maxlen=4096)  # earlier valid records to duplicate (bounded memory)
     counts: Counter = Counter()
     started = time.perf_counter()
-    with path.open("w", encoding="utf-8") as out, (clean_path.open("w", encoding="utf-8") if clean_path else open(os.devnull, "w")) as clean:
+    clean_file = clean_path or Path(os.devnull)
+    with path.open("w", encoding="utf-8") as out, clean_file.open("w", encoding="utf-8") as clean:
         for _ in range(records):
             roll = rng.random()
             if roll < INVALID_RATE:
@@ -238,7 +239,8 @@ def child_tuneforge(args) -> dict:
     cached_seconds = time.perf_counter() - started
     m = prepared.manifest
     return {
-        "seconds": seconds, "cpu_seconds": cpu, "cached_seconds": cached_seconds, "cache_hit": again.from_cache, "rss_after_build_mb": rss_first,
+        "seconds": seconds, "cpu_seconds": cpu, "cached_seconds": cached_seconds, "cache_hit": again.from_cache,
+        "rss_after_build_mb": rss_first,
         "invalid": m.invalid_records, "dropped": m.dropped_records, "cleaning": m.cleaning,
         "train_records": m.train_records, "train_tokens": m.train_tokens, "trained_tokens": m.trained_tokens,
         "store_mb": sum(f.stat().st_size for f in (prepared.directory / "store").iterdir()) / 2**20,
@@ -272,7 +274,8 @@ def child_baseline(args) -> dict:
         data = data.map(tokenize, remove_columns=data.column_names)
     seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     tokens = int(pc.sum(pc.list_value_length(data.data.column("input_ids"))).as_py())
-    return {"seconds": seconds, "cpu_seconds": cpu, "train_records": len(data), "train_tokens": tokens, "procs": procs, "note": note}
+    return {"seconds": seconds, "cpu_seconds": cpu, "train_records": len(data), "train_tokens": tokens,
+            "procs": procs, "note": note}
 
 
 def run_child(variant: str, args, env: dict, extra: list[str]) -> dict:

@@ -151,12 +151,16 @@ def tokenize_records(records: Sequence[Record], tokenizer, stop_ids: list[int]) 
     rendered = [render(record, tokenizer) for record in records]
     if not rendered:
         return []
-    encoding = tokenizer([r.text for r in rendered], add_special_tokens=False, return_offsets_mapping=True)
+    texts = [r.text for r in rendered]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # the Rust tokenizer directly: skips transformers' per-example conversion (~15%)
+        encodings = backend.encode_batch(texts, add_special_tokens=False)
+        pairs = [(e.ids, e.offsets) for e in encodings]
+    else:
+        encoding = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        pairs = list(zip(encoding["input_ids"], encoding["offset_mapping"]))
     stops = set(stop_ids)
-    return [
-        TokenizedExample(ids, mask(ids, offsets, r.spans, stops))
-        for r, ids, offsets in zip(rendered, encoding["input_ids"], encoding["offset_mapping"])
-    ]
+    return [TokenizedExample(ids, mask(ids, offsets, r.spans, stops)) for r, (ids, offsets) in zip(rendered, pairs)]
 
 
 def tokenize_example(record: Record, tokenizer, stop_ids: list[int]) -> TokenizedExample:
