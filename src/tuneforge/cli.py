@@ -18,12 +18,15 @@ examples:
   tuneforge train configs/quickstart.yaml
   tuneforge train configs/quickstart.yaml --set train.learning_rate=1e-4 --set method=full
   tuneforge train configs/quickstart.yaml --resume
+  tuneforge tune configs/tune-quickstart.yaml --trials 8
   tuneforge train my_run.yaml --set data.replay.ratio=0.3 --set train.kl_to_base=0.5
   tuneforge chat runs/quickstart
   tuneforge generate runs/quickstart "Who are you?"
   tuneforge models list
   tuneforge data inspect data/train.jsonl --report reports/data
   tuneforge data prepare my_run.yaml
+  tuneforge eval runs/quickstart --data examples/identity/validation.jsonl --gate "token_f1 >= base + 0.1"
+  tuneforge compare embedded:smollm2-135m-instruct runs/quickstart --data examples/identity/validation.jsonl --report reports/compare
 """
 
 
@@ -50,6 +53,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run in output_dir")
 
+    search = commands.add_parser(
+        "tune",
+        help="search hyperparameters (Optuna) over a run file's tune.space",
+        description="Search the hyperparameters RUN.yaml's tune section names (TPE sampling, median pruning on the "
+        "validation loss every eval.every_steps). Each trial trains in output_dir/trial-NNN; the study lives in "
+        "output_dir/tune.db, so --resume continues an interrupted search. Writes trials.json, "
+        "optimization_history.png and best.yaml (the best trial's run file, for tuneforge train).",
+    )
+    search.add_argument("config", type=Path, metavar="RUN.yaml", help="run file with a tune section")
+    search.add_argument("--trials", type=int, metavar="N", help="trials to finish (overrides tune.trials)")
+    search.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. train.max_steps=20 (repeatable)")
+    search.add_argument("--resume", action="store_true", help="continue the search in output_dir")
+    search.add_argument("--overwrite", action="store_true", help="replace an existing search in output_dir")
+
     for name, help_text in (("chat", "talk with a model in the terminal"), ("generate", "answer one prompt")):
         sub = commands.add_parser(name, help=help_text, description=f"{help_text[0].upper()}{help_text[1:]}. "
                                   "MODEL is a run directory, a checkpoint, a local model directory, a hub id, "
@@ -61,6 +79,38 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--max-new-tokens", type=int, default=256)
         sub.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily")
         sub.add_argument("--top-p", type=float, default=1.0)
+
+    evaluate = commands.add_parser(
+        "eval", help="metrics of a model on held-out data, with gates",
+        description="Evaluate a model (a run directory, checkpoint or any model reference) on held-out data: loss, "
+        "perplexity, generation metrics, and for a run its base model beside it (gates relative to the base and the "
+        "forgetting check). Writes metrics.json and examples.jsonl; exits 3 when a gate fails, naming it.")
+    evaluate.add_argument("model", metavar="MODEL_OR_RUN")
+    evaluate.add_argument("--data", action="append", default=[], metavar="FILE",
+                          help="held-out data (repeatable; default: the run's data.validation)")
+    evaluate.add_argument("--config", type=Path, metavar="RUN.yaml", help="take the eval section from this run file")
+    evaluate.add_argument("--metrics", type=lambda text: [m for m in text.split(",") if m], default=[],
+                          help="comma-separated: exact_match, contains, token_f1, rouge_l, bleu, module:function")
+    evaluate.add_argument("--gate", dest="gates", action="append", default=[], metavar="GATE",
+                          help='a threshold, e.g. "exact_match >= 0.8" or "perplexity_general <= base * 1.1" (repeatable)')
+    evaluate.add_argument("--base", help="the base model to compare with (default: the run's base model)")
+    evaluate.add_argument("--out", type=Path, help="results directory (default: RUN/eval/DATA_NAME)")
+    evaluate.add_argument("--limit", type=int, help="evaluate the first N records only")
+    evaluate.add_argument("--max-new-tokens", type=int)
+    evaluate.add_argument("--batch-size", type=int)
+
+    compare = commands.add_parser(
+        "compare", help="models side by side on the same examples",
+        description="Evaluate several models (base, fine-tunes, checkpoints) on the same examples with the same greedy "
+        "decoding: a summary with changes from the first model, the examples that changed most, and with --report "
+        "an HTML page with charts.")
+    compare.add_argument("models", nargs="+", metavar="MODEL")
+    compare.add_argument("--data", action="append", required=True, metavar="FILE")
+    compare.add_argument("--metrics", type=lambda text: [m for m in text.split(",") if m], default=[])
+    compare.add_argument("--report", type=Path, metavar="DIR", help="write DIR/index.html with PNG charts")
+    compare.add_argument("--out", type=Path, default=Path("compare-results"), help="where summary.json and examples.jsonl go")
+    compare.add_argument("--max-new-tokens", type=int, default=64)
+    compare.add_argument("--limit", type=int, help="the first N records only")
 
     data = commands.add_parser("data", help="inspect or prepare data", description="Inspect or prepare data.")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -102,12 +152,25 @@ def main(argv: list[str] | None = None) -> int:
         match args.command:
             case "train":
                 return run_train(args, console)
+            case "tune":
+                return run_tune(args, console)
             case "chat" | "generate":
                 return run_chat(args, console)
             case "models":
                 return run_models(args, console)
             case "data":
                 return run_data(args, console)
+            case "eval":
+                from tuneforge.evaluate.commands import EvalOptions, run_eval
+
+                options = EvalOptions(args.model, args.data, args.config, args.metrics, args.gates, args.base,
+                                      args.out, args.limit, args.max_new_tokens, args.batch_size)
+                return run_eval(options, console)
+            case "compare":
+                from tuneforge.evaluate.commands import run_compare
+
+                return run_compare(args.models, args.data, args.metrics, args.report, args.out,
+                                   args.max_new_tokens, args.limit, console)
     except TuneforgeError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 2
@@ -132,6 +195,23 @@ def run_train(args, console: Console) -> int:
     if result.eval_loss_before is not None and result.eval_loss_after is not None:
         console.print(f"validation loss: before {result.eval_loss_before:.4f} -> after {result.eval_loss_after:.4f}")
     console.print(f"talk to it: tuneforge chat {result.run_dir}")
+    return 0
+
+
+def run_tune(args, console: Console) -> int:
+    from tuneforge.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    from tuneforge.evaluate.tune import tune
+
+    result = tune(config, trials=args.trials, resume=args.resume, overwrite=args.overwrite, console=console,
+                  source=args.config)
+    if result.interrupted_by:
+        console.print(f"search stopped by {result.interrupted_by}: {result.finished}/{result.trials} trials "
+                      f"finished. Continue with: tuneforge tune {args.config} --resume")
+        return INTERRUPT_EXIT[result.interrupted_by]
+    if result.best_config:
+        console.print(f"train the best: tuneforge train {result.best_config}")
     return 0
 
 

@@ -179,16 +179,123 @@ class EvalConfig(Section):
     max_new_tokens: int = Field(64, ge=1)
     general_check: bool = Field(True, description="score general questions before and after training")
     general_questions: Path | None = Field(None, description="JSONL of prompt + accept; default: the shipped set")
+    metrics: list[str] = Field(
+        default_factory=lambda: ["exact_match", "token_f1"],
+        description="generation metrics: exact_match, contains, token_f1, rouge_l, bleu, or module:function",
+    )
+    max_examples: int | None = Field(64, ge=1, description="validation examples generated for metrics during training")
+    best_metric: str = Field("eval_loss", description="keep the checkpoint best by this (eval_loss or a metric)")
+    early_stopping_patience: int | None = Field(None, ge=1, description="stop after N evaluations without improvement")
+    general_text: Path | None = Field(None, description="text records for perplexity_general; default: the shipped set")
+    max_general_perplexity_rise: float = Field(0.10, ge=0.0, description="warn when perplexity_general rises more")
+    gates: list[str] = Field(default_factory=list, description='thresholds, e.g. "exact_match >= 0.8", "f1 >= base + 0.05"')
 
-    @field_validator("prompts", "general_questions")
+    @field_validator("prompts", "general_questions", "general_text")
     @classmethod
     def _prompts_exist(cls, path: Path | None) -> Path | None:
         return existing_file(path)
+
+    @model_validator(mode="after")
+    def _patience_needs_evaluations(self) -> EvalConfig:
+        if self.early_stopping_patience and not self.every_steps:
+            raise ValueError("early_stopping_patience counts periodic evaluations; set eval.every_steps too")
+        return self
+
+    @field_validator("gates")
+    @classmethod
+    def _gates_parse(cls, gates: list[str]) -> list[str]:
+        from tuneforge.evaluate.gates import parse_gate
+
+        for gate in gates:
+            try:
+                parse_gate(gate)
+            except ConfigError as exc:  # re-raised for pydantic, which adds the file and line
+                raise ValueError(str(exc)) from None
+        return gates
 
 
 class CheckpointConfig(Section):
     every_steps: int | None = Field(None, ge=1, description="also always at the end and on SIGINT/SIGTERM")
     keep_last: int = Field(2, ge=1)
+
+
+class ParamRange(Section):
+    """Where one searched key's values come from: exactly one of four kinds.
+
+    `int` is a Python builtin, so the field is `integer` and `int` its YAML name (and its dump).
+    """
+
+    model_config = ConfigDict(serialize_by_alias=True)
+
+    # A kind not given is left out of dumps (exclude_if), so a resolved config shows `lora.r: {choices: [8, 16]}`.
+    log_uniform: tuple[float, float] | None = Field(
+        None, exclude_if=lambda v: v is None, description="[low, high] on a log scale (learning rates)"
+    )
+    uniform: tuple[float, float] | None = Field(None, exclude_if=lambda v: v is None, description="[low, high]")
+    integer: tuple[int, int] | None = Field(
+        None, alias="int", exclude_if=lambda v: v is None, description="[low, high], both included"
+    )
+    choices: list[bool | int | float | str] | None = Field(
+        None, min_length=1, exclude_if=lambda v: v is None, description="values to pick from"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_mapping_of_known_kinds(cls, value: Any) -> Any:
+        kinds = ["log_uniform", "uniform", "int", "choices"]
+        if not isinstance(value, dict):
+            raise ValueError("give a range: {log_uniform: [low, high]}, {uniform: [low, high]}, "
+                             "{int: [low, high]} or {choices: [a, b, ...]}")
+        for key in value:
+            if key not in kinds:
+                close = difflib.get_close_matches(str(key), kinds, n=1, cutoff=0.5)
+                hint = f"did you mean '{close[0]}'?" if close else f"valid keys here: {', '.join(kinds)}"
+                raise ValueError(f"unknown key '{key}'; {hint}")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one_valid_range(self) -> ParamRange:
+        given = {name: value for name, value in (("log_uniform", self.log_uniform), ("uniform", self.uniform),
+                                                 ("int", self.integer), ("choices", self.choices)) if value is not None}
+        if len(given) != 1:
+            raise ValueError("give exactly one of log_uniform, uniform, int, choices")
+        (kind, value), = given.items()
+        if kind != "choices" and not value[0] < value[1]:
+            raise ValueError(f"{kind}: low must be below high")
+        if kind == "log_uniform" and value[0] <= 0:
+            raise ValueError("log_uniform: low must be above 0 (a log scale)")
+        return self
+
+
+class TuneConfig(Section):
+    """A hyperparameter search over this run file (`tuneforge tune`); `tuneforge train` ignores it."""
+
+    trials: int = Field(10, ge=1, description="trials to finish (complete or pruned); --trials overrides")
+    metric: Literal["eval_loss"] = Field("eval_loss", description="minimized: a trial's final validation loss")
+    seed: int = Field(0, description="seed of the TPE sampler")
+    space: dict[str, ParamRange] = Field(
+        min_length=1, description="dotted config key (as for --set) -> its range, e.g. lora.r: {choices: [8, 16]}"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, value: Any) -> Any:
+        # RunConfig.tune is optional, which hides these keys from describe_errors' suggestions.
+        keys = ["trials", "metric", "seed", "space"]
+        for key in value if isinstance(value, dict) else ():
+            if key not in keys:
+                close = difflib.get_close_matches(str(key), keys, n=1, cutoff=0.5)
+                raise ValueError(f"unknown key '{key}'; " + (f"did you mean '{close[0]}'?" if close
+                                                             else f"valid keys here: {', '.join(keys)}"))
+        return value
+
+    @field_validator("space")
+    @classmethod
+    def _searchable_keys(cls, space: dict[str, ParamRange]) -> dict[str, ParamRange]:
+        for key in space:
+            if key == "output_dir" or key.split(".")[0] == "tune":
+                raise ValueError(f"{key} cannot be searched (each trial gets its own output_dir; tune is the search)")
+        return space
 
 
 class RunConfig(Section):
@@ -199,6 +306,7 @@ class RunConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    tune: TuneConfig | None = Field(None, description="a hyperparameter search over this run (tuneforge tune)")
     output_dir: Path = Path("runs/run")
 
     @model_validator(mode="after")

@@ -12,6 +12,7 @@ half-written cache behind.
 from __future__ import annotations
 
 import hashlib
+from array import array
 import json
 import os
 import shutil
@@ -164,7 +165,7 @@ def build(config, files, hashes, tokenizer, stop_ids, max_len, seed, directory: 
     report = DataReport()
     cleaner = Cleaner(config, report)
     writer = StoreWriter(directory / "store")
-    rows: dict[str, list[int]] = {split: [] for split in SPLITS}
+    rows: dict[str, array] = {split: array("q") for split in SPLITS}
     labels: list[object] = []
     prompts_path = directory / "prompts.jsonl"
     with prompts_path.open("w", encoding="utf-8") as prompts:
@@ -200,8 +201,7 @@ def build(config, files, hashes, tokenizer, stop_ids, max_len, seed, directory: 
     if not rows["train"]:
         raise DataError(f"no training records left in {', '.join(files['train'])}; see the data report")
 
-    train = np.asarray(rows["train"], dtype=np.int64)
-    validation, test = np.asarray(rows["validation"], dtype=np.int64), np.asarray(rows["test"], dtype=np.int64)
+    train, validation, test = (np.frombuffer(rows[split], dtype=np.int64).copy() for split in SPLITS)
     val_fraction = 0.0 if files["validation"] else config.val_split
     test_fraction = 0.0 if files["test"] else config.test_split
     if val_fraction or test_fraction:

@@ -7,7 +7,7 @@ config and tokenizer know is a stop token.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from threading import Thread
 
@@ -64,7 +64,12 @@ class Completion:
 
 @torch.no_grad()
 def generate_completions(
-    model, tokenizer, conversations: list[list[dict]], sampling: Sampling = Sampling(), batch_size: int = 32
+    model,
+    tokenizer,
+    conversations: list[list[dict]],
+    sampling: Sampling = Sampling(),
+    batch_size: int = 32,
+    on_batch: Callable[[int], None] | None = None,
 ) -> list[Completion]:
     """One reply per conversation, generated in left-padded batches.
 
@@ -90,6 +95,8 @@ def generate_completions(
                 finished = any(token in stops for token in row)
                 text = tokenizer.decode(row, skip_special_tokens=True).strip()
                 results[index] = Completion(text, finished)
+            if on_batch:
+                on_batch(len(ids))
     finally:
         tokenizer.padding_side = previous_side
     return [results[i] for i in range(len(prompts))]

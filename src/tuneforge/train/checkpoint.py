@@ -47,7 +47,7 @@ def save_model(model, tokenizer, info: ModelInfo, directory: Path) -> None:
 
 def save_checkpoint(run_dir: Path, state: TrainState, model, tokenizer, info: ModelInfo, optimizer, scheduler, keep_last: int) -> Path:
     root = checkpoint_root(run_dir)
-    name = f"step-{state.step:06d}"
+    name = checkpoint_name(state.step)
     final = root / name
     if final.is_dir() and (final / STATE).is_file():
         return final  # already saved at this step (e.g. an interrupt right after a scheduled save)
@@ -65,6 +65,10 @@ def save_checkpoint(run_dir: Path, state: TrainState, model, tokenizer, info: Mo
     write_atomic(root / LATEST, name)
     prune(root, keep_last)
     return final
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}"
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -118,6 +122,10 @@ def fsync_tree(directory: Path) -> None:
 
 
 def prune(root: Path, keep_last: int) -> None:
+    """Keep the newest `keep_last` checkpoints, and the best one (named by best.json) whatever its age."""
+    best = root / "best.json"
+    keep = json.loads(best.read_text())["checkpoint"] if best.is_file() else None
     complete = sorted(p for p in root.glob("step-*") if (p / STATE).is_file())
     for old in complete[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.name != keep:
+            shutil.rmtree(old, ignore_errors=True)

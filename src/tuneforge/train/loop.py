@@ -35,6 +35,7 @@ from tuneforge.train.checkpoint import TrainState
 from tuneforge.train.loss import loss_sum
 from tuneforge.train.metrics import MetricsLog, plot_losses, read_metrics
 from tuneforge.train.progress import TrainProgress
+from tuneforge.train.selection import BestCheckpoint, answer_metrics, metric_key, validation_examples
 from tuneforge.train.setup import build_model, build_optimizer, build_scheduler, seed_everything, total_steps
 from tuneforge.train.signals import stop_on_signals
 
@@ -71,7 +72,11 @@ def train(
     overwrite: bool = False,
     console: Console | None = None,
     stop: Callable[[TrainState], bool] | None = None,
+    on_eval: Callable[[int, float], bool] | None = None,
 ) -> TrainResult:
+    """Run (or resume) a fine-tune.  `stop(state)` after each step and `on_eval(step, eval_loss)` after
+    each periodic validation may return True to end the run early with a checkpoint (a hyperparameter
+    search prunes trials through `on_eval`); the result's `interrupted_by` is then "stop"."""
     from accelerate import Accelerator
 
     console = console or Console(stderr=True)
@@ -125,12 +130,26 @@ def train(
     if checkpoint:
         console.print(f"resuming from {checkpoint} (step {state.step}/{steps})")
     metrics = MetricsLog(run_dir, resume_step=state.step if checkpoint else None)
+    scored_examples = validation_examples(config) if config.eval.every_steps else []
+    best = BestCheckpoint.read(ckpt.checkpoint_root(run_dir), metric_key(config.eval.best_metric),
+                               config.eval.early_stopping_patience)
     pad_id = tokenizer.pad_token_id
 
     def evaluate() -> float | None:
         if not data.validation:
             return None
         return validation_loss(model, data.validation, config.eval.batch_size, pad_id, accelerator.autocast)
+
+    def validate() -> dict[str, float]:
+        """Validation loss and, with examples to answer, the generation metrics of eval.metrics."""
+        loss = evaluate()
+        values = {} if loss is None else {"eval_loss": loss}
+        if scored_examples:
+            model.eval()
+            values |= answer_metrics(accelerator.unwrap_model(model), tokenizer, scored_examples,
+                                     config.eval.metrics, config.eval.max_new_tokens)
+            model.train()
+        return values
 
     if state.step == 0:
         before = evaluate()
@@ -171,9 +190,19 @@ def train(
             progress.update(state.step, loss, speed)
             every = config.eval.every_steps
             if every and state.step % every == 0 and state.step < steps:
-                value = evaluate()
-                if value is not None:
-                    metrics.log(state.step, eval_loss=value)
+                values = validate()
+                if values:
+                    metrics.log(state.step, **values)
+                    if best.improved(state.step, values):
+                        save(run_dir, state, model, tokenizer, info, optimizer, scheduler, config, accelerator)
+                        best.write(ckpt.checkpoint_root(run_dir), ckpt.checkpoint_name(state.step))
+                    if on_eval and "eval_loss" in values and on_eval(state.step, values["eval_loss"]):
+                        interrupted_by = "stop"
+                        break
+                    if best.exhausted():
+                        console.print(f"early stop at step {state.step}: {best.metric} has not improved in "
+                                      f"{best.evals_without_gain} evaluations (best {best.value:.4g} at step {best.step})")
+                        break
             every = config.checkpoint.every_steps
             if every and state.step % every == 0 and state.step < steps:
                 save(run_dir, state, model, tokenizer, info, optimizer, scheduler, config, accelerator)
@@ -200,6 +229,9 @@ def train(
         for probe_set in sets
     }
     before_after.report(console, run_dir, sets, tuned_answers, (first_eval_loss(run_dir), after))
+    if best.step is not None:
+        console.print(f"best checkpoint by {best.metric}: step {best.step} ({best.value:.4g}): "
+                      f"{ckpt.checkpoint_root(run_dir) / ckpt.checkpoint_name(best.step)}")
     return TrainResult(run_dir, state, steps, None, first_eval_loss(run_dir), after)
 
 
