@@ -54,7 +54,7 @@ def test_report_prints_and_saves_base_and_tuned_figures(tmp_path, capsys):
     save_answers(answers_file(tmp_path, general, "base"), general.probes, ["Paris.", "4", "green"])
     tuned = {"task": ["I am Tessel.", "Tessel."], "general": ["Paris.", "Tessel", "blue"]}
 
-    summary = report(Console(file=None, width=120), tmp_path, [task, general], tuned, (3.2, 1.1))
+    summary = report(Console(file=None, width=120), tmp_path, [task, general], tuned, {"validation loss": (3.2, 1.1)})
     saved = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert saved == summary.as_dict()
     assert saved["held-out task prompts: expected answer given"] == {"base": [0, 2], "tuned": [2, 2]}

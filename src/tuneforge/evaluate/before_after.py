@@ -19,6 +19,9 @@ from rich.console import Console
 from rich.table import Table
 
 from tuneforge.config import EvalConfig
+from tuneforge.data.formats import read_records
+from tuneforge.data.records import Record
+from tuneforge.evaluate.evaluator import builtin_general_text, perplexity
 from tuneforge.evaluate.probe import Probe, answer, hit_rate, load_answers, read_probes, save_answers
 from tuneforge.models.answer_cache import base_answers
 from tuneforge.models.generate import Sampling
@@ -95,17 +98,18 @@ class Summary:
     """Base and tuned figures of one run; a probe score is (hits, scored prompts)."""
 
     scores: dict[str, tuple[tuple[int, int], tuple[int, int]]]  # row label -> (base, tuned)
-    loss: tuple[float | None, float | None]  # validation loss (base, tuned)
+    measures: dict[str, tuple[float | None, float | None]]  # "validation loss", ... -> (base, tuned)
 
     def as_dict(self) -> dict:
         return {
             **{label: {"base": list(base), "tuned": list(tuned)} for label, (base, tuned) in self.scores.items()},
-            "validation loss": {"base": self.loss[0], "tuned": self.loss[1]},
+            **{label: {"base": base, "tuned": tuned} for label, (base, tuned) in self.measures.items()},
         }
 
 
 def summarize(
-    run_dir: Path, sets: list[ProbeSet], tuned_answers: dict[str, list[str]], loss: tuple[float | None, float | None]
+    run_dir: Path, sets: list[ProbeSet], tuned_answers: dict[str, list[str]],
+    measures: dict[str, tuple[float | None, float | None]],
 ) -> Summary:
     scores = {}
     for probe_set in sets:
@@ -113,7 +117,7 @@ def summarize(
         tuned = hit_rate(probe_set.probes, tuned_answers[probe_set.key])
         if base[1]:
             scores[f"{probe_set.title}: {probe_set.measure}"] = (base, tuned)
-    summary = Summary(scores, loss)
+    summary = Summary(scores, measures)
     (run_dir / "eval").mkdir(parents=True, exist_ok=True)
     (run_dir / "eval" / "summary.json").write_text(json.dumps(summary.as_dict(), indent=2) + "\n")
     return summary
@@ -128,20 +132,48 @@ def print_summary(console: Console, summary: Summary) -> None:
     for label, ((base_hits, n), (tuned_hits, _)) in summary.scores.items():
         table.add_row(label, f"{base_hits}/{n} ({base_hits / n:.0%})",
                       f"{tuned_hits}/{n} ({tuned_hits / n:.0%})", f"{tuned_hits - base_hits:+d}")
-    base_loss, tuned_loss = summary.loss
-    if base_loss is not None and tuned_loss is not None:
-        table.add_row("validation loss", f"{base_loss:.3f}", f"{tuned_loss:.3f}", f"{tuned_loss - base_loss:+.3f}")
+    for label, (base, tuned) in summary.measures.items():
+        if base is not None and tuned is not None:
+            table.add_row(label, f"{base:.3f}", f"{tuned:.3f}", f"{tuned - base:+.3f}")
     console.print(table)
 
 
 def report(
     console: Console, run_dir: Path, sets: list[ProbeSet], tuned_answers: dict[str, list[str]],
-    loss: tuple[float | None, float | None],
+    measures: dict[str, tuple[float | None, float | None]],
 ) -> Summary:
-    """Print the side-by-side tables and the summary; save the summary as RUN/eval/summary.json."""
+    """Print the side-by-side tables and the summary; save the summary as RUN/eval/summary.json.
+    `measures` are numeric rows (validation loss, perplexity on general text) as (base, tuned)."""
     for probe_set in sets:
         base = load_answers(answers_file(run_dir, probe_set, "base"))
         print_changes(console, probe_set, base, tuned_answers[probe_set.key], all_rows=probe_set.key == "task")
-    summary = summarize(run_dir, sets, tuned_answers, loss)
+    summary = summarize(run_dir, sets, tuned_answers, measures)
     print_summary(console, summary)
     return summary
+
+
+def general_text(config: EvalConfig) -> list[Record]:
+    """The general-text records whose perplexity is the forgetting check's second measure (none when off)."""
+    if not config.general_check:
+        return []
+    return read_records(config.general_text or builtin_general_text())
+
+
+def perplexity_file(run_dir: Path) -> Path:
+    return run_dir / "eval" / "perplexity_general_base.json"
+
+
+def perplexity_with_base(run_dir: Path, resuming: bool, model, tokenizer, records: list[Record], batch_size: int) -> None:
+    """The base model's perplexity on general text, saved so a resumed run compares with the same figure."""
+    path = perplexity_file(run_dir)
+    if records and model is not None and not (resuming and path.is_file()):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"base": perplexity(model, tokenizer, records, batch_size)[1]}))
+
+
+def perplexity_change(run_dir: Path, model, tokenizer, records: list[Record], batch_size: int) -> tuple[float, float] | None:
+    """(base, tuned) perplexity on general text, or None when the check is off or the base figure is missing."""
+    path = perplexity_file(run_dir)
+    if not records or not path.is_file():
+        return None
+    return json.loads(path.read_text())["base"], perplexity(model, tokenizer, records, batch_size)[1]

@@ -17,7 +17,9 @@ from rich.console import Console
 from tuneforge.config import EvalConfig, RunConfig, load_config
 from tuneforge.errors import ConfigError
 from tuneforge.evaluate import compare, gates
-from tuneforge.evaluate.evaluator import builtin_general_text, eval_examples, load_eval_records, save_results
+from tuneforge.evaluate.evaluator import (
+    builtin_general_text, eval_examples, forgetting_warning, load_eval_records, save_results,
+)
 from tuneforge.data.formats import read_records
 from tuneforge.models.generate import Sampling
 from tuneforge.models.load import ModelInfo, load_tokenizer, saved_model_dir
@@ -88,7 +90,11 @@ def run_eval(options: EvalOptions, console: Console) -> int:
     compare.print_summary(console, evals, title=f"evaluation on {', '.join(Path(d).name for d in data)}")
     if needs_base:
         compare.print_side_by_side(console, examples, evals, settings.metrics[0] if settings.metrics else "exact_match")
-        warn_forgetting(console, evals[0].metrics, evals[-1].metrics, settings.max_general_perplexity_rise)
+        warning = forgetting_warning(evals[0].metrics.get("perplexity_general", math.nan),
+                                     evals[-1].metrics.get("perplexity_general", math.nan),
+                                     settings.max_general_perplexity_rise)
+        if warning:
+            console.print(f"[yellow]warning:[/] {warning}")
     results = gates.check_gates(gate_list, evals[-1].metrics, evals[0].metrics if needs_base else None)
     console.print(f"results: {out}")
     if not results:
@@ -96,19 +102,6 @@ def run_eval(options: EvalOptions, console: Console) -> int:
     gates.print_gates(console, results)
     gates.write_gates(out / "gates.json", results)
     return 0 if gates.gates_passed(results) else GATE_FAILED_EXIT
-
-
-def warn_forgetting(console: Console, base: dict, tuned: dict, max_rise: float) -> bool:
-    """Warn when the fine-tune's perplexity on general text rose more than `max_rise` (a fraction)."""
-    before, after = base.get("perplexity_general", math.nan), tuned.get("perplexity_general", math.nan)
-    if math.isnan(before) or math.isnan(after) or after <= before * (1 + max_rise):
-        return False
-    console.print(
-        f"[yellow]warning:[/] perplexity on general text rose from {before:.2f} to {after:.2f} "
-        f"(+{after / before - 1:.0%}, more than the {max_rise:.0%} allowed by eval.max_general_perplexity_rise): "
-        "the fine-tune may have forgotten general ability; consider data.replay or train.kl_to_base"
-    )
-    return True
 
 
 def run_compare(references: list[str], data: list[str], metrics: list[str], report: Path | None, out: Path,

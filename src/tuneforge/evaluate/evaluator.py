@@ -127,3 +127,14 @@ def save_results(directory: Path, examples: list[EvalExample], result: ModelEval
         for example, output, scores in zip(examples, result.outputs, result.scores):
             handle.write(json.dumps({"source": example.source, "prompt": example.prompt, "reference": example.reference,
                                      "output": output, "scores": scores}, ensure_ascii=False) + "\n")
+
+
+def forgetting_warning(before: float, after: float, max_rise: float) -> str | None:
+    """A warning when perplexity on general text rose by more than `max_rise` (a fraction), else None."""
+    if math.isnan(before) or math.isnan(after) or after <= before * (1 + max_rise):
+        return None
+    return (
+        f"perplexity on general text rose from {before:.2f} to {after:.2f} (+{after / before - 1:.0%}, more than "
+        f"the {max_rise:.0%} allowed by eval.max_general_perplexity_rise): the fine-tune may have forgotten "
+        "general ability; consider data.replay or train.kl_to_base"
+    )

@@ -133,7 +133,7 @@ def check_search(config: RunConfig, source: Path | None) -> TuneConfig:
             try:
                 check_trial_run(trial_config(config, {key: value}, config.output_dir), "")
             except ConfigError as exc:
-                raise ConfigError(f"{spot}tune.space.{key}: {value!r} cannot be tried: {exc}") from None
+                raise ConfigError(f"{spot}tune.space.{key}: {str(exc).removeprefix(key + ': ')}") from None
     return config.tune
 
 
@@ -170,13 +170,19 @@ def trial_config(base: RunConfig, values: dict[str, Any], output_dir: Path) -> R
 
 
 def describe(error: dict) -> str:
+    """One validation error of a trial's config as `key: problem`, in the words of describe_errors."""
     loc = tuple(str(part) for part in error["loc"])
+    dotted = ".".join(loc)
     if error["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(loc[-1], valid_keys(error["loc"][:-1]), n=1, cutoff=0.5)
-        hint = f"; did you mean '{'.'.join((*loc[:-1], close[0]))}'?" if close else ""
-        return f"{'.'.join(loc)} is not a config key{hint}"
+        valid = valid_keys(error["loc"][:-1])
+        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'?" if close else f"valid keys here: {', '.join(valid)}"
+        return f"{dotted}: no such key; {hint}"
     message = error["msg"].removeprefix("Value error, ")
-    return f"{'.'.join(loc) + ': ' if loc else ''}{message}"
+    if not loc:  # a check across sections: its message names its keys
+        return message
+    got = f" (got {error['input']!r})" if error["type"] != "missing" and "input" in error else ""
+    return f"{dotted}: {message}{got}"
 
 
 def open_storage(output_dir: Path, resume: bool, overwrite: bool, console: Console) -> str:

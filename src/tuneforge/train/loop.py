@@ -28,6 +28,7 @@ from tuneforge.data.prepare import PreparedData, prepare
 from tuneforge.data.replay import encode_mix, replay_mix
 from tuneforge.errors import RunDirError
 from tuneforge.evaluate import before_after
+from tuneforge.evaluate.evaluator import forgetting_warning
 from tuneforge.evaluate.loss import validation_loss
 from tuneforge.models.tokenizer import training_tokenizer
 from tuneforge.train import checkpoint as ckpt
@@ -96,6 +97,7 @@ def train(
     model, info, base_dir = build_model(config, accelerator.device, checkpoint)
     (run_dir / "config.yaml").write_text(dump_config(config))
     sets = before_after.probe_sets(config.eval)
+    general_text = before_after.general_text(config.eval)
     resuming = checkpoint is not None  # only then are the replay mix and base answers in run_dir reused
     if config.data.replay or sets:
         console.print("base-model answers for replay and checks (generated once, then cached) ...")
@@ -107,6 +109,7 @@ def train(
             before_after.answer_with_base(
                 probe_set, run_dir, resuming, base, tokenizer, base_dir, config.eval.max_new_tokens
             )
+        before_after.perplexity_with_base(run_dir, resuming, base, tokenizer, general_text, config.eval.batch_size)
     (run_dir / "data_manifest.json").write_text(json.dumps(data.manifest.as_dict(), indent=2))
     if data.directory is not None:
         shutil.copyfile(data.directory / "report.json", run_dir / "data_report.json")
@@ -228,7 +231,14 @@ def train(
         probe_set.key: before_after.answer_with_tuned(probe_set, run_dir, model, tokenizer, config.eval.max_new_tokens)
         for probe_set in sets
     }
-    before_after.report(console, run_dir, sets, tuned_answers, (first_eval_loss(run_dir), after))
+    measures = {"validation loss": (first_eval_loss(run_dir), after)}
+    general = before_after.perplexity_change(run_dir, model, tokenizer, general_text, config.eval.batch_size)
+    if general:
+        measures["perplexity on general text"] = general
+    before_after.report(console, run_dir, sets, tuned_answers, measures)
+    warning = general and forgetting_warning(*general, config.eval.max_general_perplexity_rise)
+    if warning:
+        console.print(f"[yellow]warning:[/] {warning}")
     if best.step is not None:
         console.print(f"best checkpoint by {best.metric}: step {best.step} ({best.value:.4g}): "
                       f"{ckpt.checkpoint_root(run_dir) / ckpt.checkpoint_name(best.step)}")
