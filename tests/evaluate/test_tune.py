@@ -135,7 +135,9 @@ def test_interrupted_search_resumes_and_finishes_its_trials(search_config, tmp_p
     path = search_config()
     out = tmp_path / "run"
     assert main(["tune", str(path)]) == 130
-    assert f"tuneforge tune {path} --resume" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"tuneforge tune {path} --resume" in err
+    assert re.search(r"│\s+1\s+│\s+interrupted\s", err), err
     assert [t.state for t in load_study(out).trials] == [TrialState.COMPLETE, TrialState.FAIL]
 
     assert main(["tune", str(path)]) == 2  # without --resume: refused, nothing lost
@@ -151,8 +153,6 @@ def test_interrupted_search_resumes_and_finishes_its_trials(search_config, tmp_p
     retry = [t for t in trials if t.user_attrs.get("retry_of") == 1]
     assert len(retry) == 1 and retry[0].params == trials[1].params  # ... its values ran again
     assert len(trials) == 4
-    # the resumed sampler did not start its random stream over (which would repeat trial 0)
-    assert trials[3].params["train.learning_rate"] != trials[0].params["train.learning_rate"]
     assert load_config(out / "best.yaml").tune is None
 
 
@@ -203,6 +203,47 @@ def test_best_trial_is_the_lowest_final_loss(search_config, monkeypatch):
     assert result.best_trial == lowest.number and result.best_value == pytest.approx(lowest.value)
     best = load_config(result.best_config)
     assert best.train.learning_rate == pytest.approx(lowest.params["train.learning_rate"])
+
+
+def test_a_resumed_search_draws_new_values(search_config, monkeypatch):
+    """A resumed process must not start the seeded sampler's random stream over (it would repeat trial 0)."""
+    monkeypatch.setattr(tune_module, "train", fake_train)
+    config = load_config(search_config(trials=1))
+    tune(config, console=quiet())
+    tune(config, trials=2, resume=True, console=quiet())
+    first, second = load_study(config.output_dir).trials
+    assert second.params != first.params
+
+
+def test_a_trial_out_of_memory_fails_and_the_search_goes_on(search_config, monkeypatch):
+    import torch
+
+    def out_of_memory_first(config, **kwargs):
+        if config.output_dir.name == "trial-000":
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return fake_train(config, **kwargs)
+
+    monkeypatch.setattr(tune_module, "train", out_of_memory_first)
+    console = quiet()
+    result = tune(load_config(search_config(trials=2)), console=console)
+    trials = load_study(result.output_dir).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert result.finished == 2
+    assert "trial 0 failed: out of memory" in console.file.getvalue()
+
+
+def test_a_search_whose_every_trial_fails_stops(search_config, monkeypatch):
+    def not_a_number(config, **kwargs):
+        result = fake_train(config, **kwargs)
+        result.eval_loss_after = float("nan")
+        return result
+
+    monkeypatch.setattr(tune_module, "train", not_a_number)
+    result = tune(load_config(search_config(trials=2)), console=quiet())
+    assert [t.state for t in load_study(result.output_dir).trials] == [TrialState.FAIL] * 2
+    assert result.finished == 0 and result.best_config is None
+    assert not (result.output_dir / "best.yaml").exists()
+    assert json.loads((result.output_dir / "trials.json").read_text())["best_trial"] is None
 
 
 def test_sampled_values_apply_like_set_overrides(search_config, tmp_path):

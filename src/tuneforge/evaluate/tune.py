@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from pydantic import ValidationError
 from rich.console import Console
@@ -108,7 +109,7 @@ def tune(
             console.print(f"search: {target - finished(study)} more trial(s) of {target}, {len(settings.space)} "
                           f"key(s); study {storage}")
             try:
-                study.optimize(objective(config, settings, target, console),
+                study.optimize(objective(config, settings, target, console), catch=(torch.OutOfMemoryError,),
                                callbacks=[after_trial(target, console)], gc_after_trial=True)
             except SearchStopped as exc:
                 interrupted_by = exc.signal_name
@@ -161,7 +162,7 @@ def trial_config(base: RunConfig, values: dict[str, Any], output_dir: Path) -> R
     raw.pop("tune", None)
     for key, value in values.items():
         text = yaml.safe_dump(value, default_flow_style=True).removesuffix("...\n").strip()
-        apply_override(raw, f"{key}={text}")  # yaml.safe_dump keeps 1e-05 a float (json.dumps would not)
+        apply_override(raw, f"{key}={text}")  # not json.dumps: PyYAML reads its 1e-05 as a string
     raw["output_dir"] = str(output_dir)
     try:
         return RunConfig.model_validate(raw)
@@ -224,7 +225,9 @@ def objective(base: RunConfig, settings: TuneConfig, target: int, console: Conso
         values = {key: suggest(trial, key, param) for key, param in settings.space.items()}
         config = trial_config(base, values, base.output_dir / f"trial-{trial.number:03d}")
         trial.set_user_attr("run_dir", str(config.output_dir))
-        console.print(f"[bold]trial {trial.number}[/] ({finished(trial.study) + 1}/{target}): {show(values)}")
+        retry_of = trial.user_attrs.get("retry_of")
+        again = f" (again: trial {retry_of} was interrupted)" if retry_of is not None else ""
+        console.print(f"[bold]trial {trial.number}[/] ({finished(trial.study) + 1}/{target}): {show(values)}{again}")
 
         def on_eval(step: int, loss: float) -> bool:
             trial.report(loss, step)
@@ -234,6 +237,10 @@ def objective(base: RunConfig, settings: TuneConfig, target: int, console: Conso
             result = train(config, overwrite=True, console=console, on_eval=on_eval)
         except KeyboardInterrupt:  # outside the training loop's own signal handling
             trial.set_user_attr("interrupted", "SIGINT")
+            raise
+        except torch.OutOfMemoryError:  # too big for the device with these values: the search goes on
+            trial.set_user_attr("error", "out of memory")
+            torch.cuda.empty_cache()
             raise
         trial.set_user_attr("steps", result.state.step)
         if result.interrupted_by == "stop":  # on_eval said prune
@@ -272,7 +279,8 @@ def after_trial(target: int, console: Console):
                           f"(eval_loss {trial.value:.4f}, worse than the median of earlier trials there)")
         else:
             failures += 1
-            console.print(f"[yellow]trial {trial.number} failed[/] (a validation loss that is not a number?)")
+            reason = trial.user_attrs.get("error", "its validation loss is not a number")
+            console.print(f"[yellow]trial {trial.number} failed:[/] {reason}")
         if finished(study) >= target or failures >= target:
             study.stop()
 
@@ -310,6 +318,7 @@ def report(study, base: RunConfig, target: int, interrupted_by: str | None, cons
 
 def trials_table(trials: list, best, title: str) -> Table:
     keys = list(dict.fromkeys(key for t in trials for key in t.params))
+    interrupted = interrupted_trials(trials)
     table = Table(title=title)
     table.add_column("trial", justify="right")
     table.add_column("state")
@@ -318,7 +327,8 @@ def trials_table(trials: list, best, title: str) -> Table:
     table.add_column("eval_loss", justify="right")
     table.add_column("steps", justify="right")
     for t in trials:
-        state = t.state.name.lower() + (" (best)" if best is not None and t.number == best.number else "")
+        state = "interrupted" if t.number in interrupted else t.state.name.lower()
+        state += " (best)" if best is not None and t.number == best.number else ""
         params = [number(t.params[k]) if k in t.params else "" for k in keys]
         value = f"{t.value:.4f}" if t.value is not None else ""
         table.add_row(str(t.number), state, *params, value, str(t.user_attrs.get("steps", "")),
@@ -326,7 +336,15 @@ def trials_table(trials: list, best, title: str) -> Table:
     return table
 
 
+def interrupted_trials(trials: list) -> set[int]:
+    """Failed trials that a signal stopped (marked so) or a kill did (their values were queued again)."""
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    return {t.number for t in trials
+            if t.state == TrialState.FAIL and ("interrupted" in t.user_attrs or t.number in retried)}
+
+
 def trials_summary(trials: list, best, target: int) -> dict:
+    interrupted = interrupted_trials(trials)
     return {
         "metric": "eval_loss",
         "direction": "minimize",
@@ -342,7 +360,7 @@ def trials_summary(trials: list, best, target: int) -> dict:
                 "steps": t.user_attrs.get("steps"),
                 "run_dir": t.user_attrs.get("run_dir"),
                 "retry_of": t.user_attrs.get("retry_of"),
-                "interrupted": t.user_attrs.get("interrupted"),
+                "interrupted": t.number in interrupted,
                 "duration_s": t.duration.total_seconds() if t.duration else None,
             }
             for t in trials
@@ -358,7 +376,8 @@ def plot_history(trials: list, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4), dpi=120)
-    for state, marker, label in ((TrialState.COMPLETE, "o", "complete"), (TrialState.PRUNED, "x", "pruned")):
+    kinds = ((TrialState.COMPLETE, "o", "complete"), (TrialState.PRUNED, "x", "pruned (its last loss)"))
+    for state, marker, label in kinds:
         points = [(t.number, t.value) for t in trials if t.state == state and t.value is not None]
         if points:
             axis.plot(*zip(*points), marker, label=label, linestyle="none")
@@ -368,7 +387,9 @@ def plot_history(trials: list, path: Path) -> None:
             running = min(running, t.value)
             best_line.append((t.number, running))
     if best_line:
+        best_line.append((max(t.number for t in trials), running))  # carried on to the last trial
         axis.step(*zip(*best_line), where="post", label="best so far")
+    axis.xaxis.get_major_locator().set_params(integer=True)
     axis.set_xlabel("trial")
     axis.set_ylabel("validation loss")
     axis.set_title("optimization history")
