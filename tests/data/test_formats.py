@@ -284,7 +284,7 @@ def test_unmapped_role_points_at_data_roles(tmp_path):
     path = write_lines(tmp_path / "roles.jsonl", [{"messages": [{"role": "Customer", "content": "hi"},
                                                                 {"role": "assistant", "content": "hello"}]}])
     message = failure(path)
-    assert (f"{path}:1: messages[0].role: unknown role 'Customer'; expected one of assistant, bot, function, gpt, "
+    assert (f"{path}:1: messages[0].role: unknown role 'Customer'; expected one of assistant, bot, chatgpt, function, gpt, "
             "human, ipython, model, observation, system, tool, user (or map it with data.roles)") in message
 
 
