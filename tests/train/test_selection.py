@@ -37,3 +37,13 @@ def test_best_by_a_metric_needs_validation_files(run_config, tmp_path):
 def test_patience_without_periodic_evaluation_is_a_config_error(run_config):
     with pytest.raises(ConfigError, match="early_stopping_patience counts periodic evaluations"):
         load_config(run_config(**{"eval.early_stopping_patience": 2}))
+
+
+def test_metrics_are_logged_at_each_evaluation_while_best_is_by_loss(run_config):
+    config = run_config(**{"train.max_steps": 4, "eval.every_steps": 2, "eval.metrics": ["token_f1", "exact_match"],
+                           "eval.max_new_tokens": 4, "eval.general_check": False})
+    result = train(load_config(config))
+    logged = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in logged if "eval_exact_match" in m and "eval_token_f1" in m] == [2]
+    best = json.loads((result.run_dir / "checkpoints" / "best.json").read_text())
+    assert best["metric"] == "eval_loss" and best["step"] == 2

@@ -73,18 +73,22 @@ def best_checkpoint_name(checkpoint_root: Path) -> str | None:
 
 
 def validation_examples(config: RunConfig) -> list[EvalExample]:
-    """The examples whose answers are scored during training: from data.validation files, capped."""
+    """The examples whose answers are scored at each periodic evaluation: from data.validation files,
+    capped at eval.max_examples; none without eval.metrics or validation files (val_split holds out
+    tokenized data only), unless the best checkpoint is judged by a metric, which then needs them."""
     metric = metric_key(config.eval.best_metric)
-    wanted = metric not in LOWER_IS_BETTER
-    if not wanted:
+    by_metric = metric not in LOWER_IS_BETTER
+    if by_metric and metric.removeprefix("eval_") not in {*config.eval.metrics, "accuracy", "macro_f1"}:
+        raise ConfigError(f"eval.best_metric: {config.eval.best_metric} is not one of eval.metrics ({', '.join(config.eval.metrics)})")
+    if not config.eval.metrics:
         return []
     if not config.data.validation:
-        raise ConfigError(
-            f"eval.best_metric: {config.eval.best_metric} is scored on the answers to validation examples; "
-            "name them in data.validation (val_split holds out tokenized data only), or use eval_loss"
-        )
-    if metric.removeprefix("eval_") not in {*config.eval.metrics, "accuracy", "macro_f1"}:
-        raise ConfigError(f"eval.best_metric: {config.eval.best_metric} is not one of eval.metrics ({', '.join(config.eval.metrics)})")
+        if by_metric:
+            raise ConfigError(
+                f"eval.best_metric: {config.eval.best_metric} is scored on the answers to validation examples; "
+                "name them in data.validation (val_split holds out tokenized data only), or use eval_loss"
+            )
+        return []
     records = [r for path in config.data.validation for r in read_records(path)]
     return eval_examples(records)[: config.eval.max_examples]
 
