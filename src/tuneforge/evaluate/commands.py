@@ -76,7 +76,7 @@ def run_eval(options: EvalOptions, console: Console) -> int:
     records = load_eval_records(data, options.limit)
     general = read_records(settings.general_text or builtin_general_text())
     base = base_of(options.model, options.base)
-    needs_base = base is not None and (any(g.base_factor is not None for g in gate_list) or general)
+    needs_base = base is not None  # for gates relative to the base and for the forgetting check
     references = [base, options.model] if needs_base else [options.model]
     saved = saved_model_dir(Path(options.model)) if Path(options.model).is_dir() else None
     tokenizer = load_tokenizer(saved) if saved else None
