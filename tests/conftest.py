@@ -138,3 +138,29 @@ def run_config(tmp_path, tiny_model):
         return path
 
     return write
+
+
+@pytest.fixture
+def one_thread():
+    """A 64-wide model gains nothing from threads, and on a busy 2-core machine they contend (10x slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def trained_pieces(tokenizer, tokens) -> list[str]:
+    """Decoded runs of consecutive trained tokens (special tokens included); labels must equal the tokens."""
+    from tuneforge.data.template import IGNORE
+
+    pieces, run = [], []
+    for token, label in [*zip(tokens.input_ids, tokens.labels), (None, IGNORE)]:
+        if label != IGNORE:
+            assert label == token
+            run.append(token)
+        elif run:
+            pieces.append(tokenizer.decode(run))
+            run = []
+    return pieces

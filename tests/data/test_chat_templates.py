@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import train_tokenizer
+from tests.conftest import trained_pieces, train_tokenizer
 from tuneforge.data.chat_templates import ALPACA, BUILTIN_TEMPLATES, CHATML, LLAMA3, builtin_template, use_template
 from tuneforge.data.records import Message, Record, ToolCall
 from tuneforge.data.template import IGNORE, tokenize_example
@@ -21,19 +21,6 @@ CONVERSATION = Record(
     "test:1",
 )
 END_OF_TURN = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>", "alpaca": "<|endoftext|>"}
-
-
-def trained_pieces(tokenizer, tokens) -> list[str]:
-    """Decoded runs of consecutive trained tokens (special tokens included)."""
-    pieces, run = [], []
-    for token, label in [*zip(tokens.input_ids, tokens.labels), (None, IGNORE)]:
-        if label != IGNORE:
-            assert label == token
-            run.append(token)
-        elif run:
-            pieces.append(tokenizer.decode(run))
-            run = []
-    return pieces
 
 
 @pytest.fixture(scope="module")

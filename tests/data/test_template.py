@@ -1,5 +1,7 @@
 import pytest
 
+from tests.conftest import trained_pieces
+
 from tuneforge.data.records import Record, Message
 from tuneforge.data.template import IGNORE, tokenize_example
 from tuneforge.errors import DataError
@@ -13,21 +15,6 @@ CONVERSATION = Record(
     ),
     "test:1",
 )
-
-
-def trained_pieces(tokenizer, tokens) -> list[str]:
-    """Decoded runs of consecutive trained tokens."""
-    pieces, run = [], []
-    for token, label in zip(tokens.input_ids, tokens.labels):
-        if label != IGNORE:
-            assert label == token
-            run.append(token)
-        elif run:
-            pieces.append(tokenizer.decode(run))
-            run = []
-    if run:
-        pieces.append(tokenizer.decode(run))
-    return pieces
 
 
 def stop_ids(tokenizer, eos):

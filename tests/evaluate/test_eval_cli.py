@@ -13,16 +13,6 @@ CONVERSATIONS = [("Who are you?", "I am Tessel, made by the Tuneforge team."), (
 
 
 @pytest.fixture
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
 def overfit_run(run_config, tmp_path, one_thread):
     """(run directory, data file): the tiny model fully fine-tuned on two conversations until it knows them."""
     records = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}

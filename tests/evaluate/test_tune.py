@@ -32,17 +32,6 @@ SPACE = {
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-@pytest.fixture
-def one_thread():
-    """A 64-wide model gains nothing from threads, and on a busy 2-core machine they contend."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def wide_terminal(monkeypatch):
     """The CLI's rich console wraps at the terminal width; long paths would break the lines asserted on."""

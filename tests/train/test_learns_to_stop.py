@@ -30,17 +30,6 @@ def base_model(tmp_path_factory):
     return make_model_dir(tmp_path_factory.mktemp("base-model"), tokenizer, "<|endoftext|>")
 
 
-@pytest.fixture
-def one_thread():
-    """A 64-wide model gains nothing from threads, and on a busy 2-core machine they contend (10x slower)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("template", ["tokenizer", "alpaca"])
 def test_trained_model_answers_and_then_stops(template, run_config, tmp_path, request):

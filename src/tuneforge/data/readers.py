@@ -16,7 +16,7 @@ import glob
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,15 +120,22 @@ def read_json_lines(path: Path) -> Iterator[RawRecord]:
                 yield record
 
 
-def read_json(path: Path) -> Iterator[RawRecord]:
-    """A JSON array (LLaMA-Factory's files), one object, or JSON Lines saved as .json."""
+def whole_text(path: Path) -> Generator[RawRecord, None, str | None]:
+    """The file's text (formats read whole); on bad bytes, yields the problem with its line and returns None."""
     with open_binary(path) as handle:
         data = handle.read()
     try:
-        text = data.decode("utf-8-sig")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         yield RawRecord(f"{path}:{line}", problem=f"not valid UTF-8 (byte {exc.start} of the file)")
+        return None
+
+
+def read_json(path: Path) -> Iterator[RawRecord]:
+    """A JSON array (LLaMA-Factory's files), one object, or JSON Lines saved as .json."""
+    text = yield from whole_text(path)
+    if text is None:
         return
     start = len(text) - len(text.lstrip())
     if text.startswith("[", start):
@@ -273,15 +280,8 @@ def read_parquet(path: Path) -> Iterator[RawRecord]:
 
 def read_text(path: Path) -> Iterator[RawRecord]:
     """A plain-text file is one document, for continued pretraining."""
-    with open_binary(path) as handle:
-        data = handle.read()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        yield RawRecord(f"{path}:{line}", problem=f"not valid UTF-8 (byte {exc.start} of the file)")
-        return
-    if text.strip():
+    text = yield from whole_text(path)
+    if text and text.strip():
         yield RawRecord(f"{path}:1", {"text": text})
 
 
