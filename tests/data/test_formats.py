@@ -361,7 +361,6 @@ BAD_CHAT_LINES = [  # (line content, the reason read_records gives for it; None:
     (chat(("user", "q"), ("assistant", "a", {"weight": 0})), "no assistant message to train on"),
     (chat(("user", ""), ("assistant", "a")), "messages[0].content: empty user message"),
     (chat(("user", "q"), ("assistant", "a", {"weight": 0.5})), "messages[1].weight: must be 0 or 1, got 0.5"),
-    (chat(("user", "q", {"weight": 1}), ("assistant", "a")), "messages[0].weight: only assistant messages carry a weight"),
     (chat(("user", "q"), ("tool", "42"), ("assistant", "a")), "turn 2: a tool result must follow an assistant turn that calls a tool"),
     (chat(("assistant", "a"), ("user", "q")), "the conversation must start with a user message"),
     (chat(("user", "q"), ("assistant", "a"), ("system", "s")), "a system message may only come first"),
@@ -526,3 +525,25 @@ def test_other_real_world_shapes_read_without_mapping(tmp_path):
     [third] = read_records(write_jsonl(tmp_path / "dolly.jsonl", [dolly]))
     assert [(m.role, m.content) for m in third.messages] == [
         ("user", "Summarise.\nTides rise and fall."), ("assistant", "Tides move.")]
+
+
+def test_ultrafeedback_and_orca_dpo_shapes(tmp_path):
+    ultra = {"prompt": "Name a prime.", "prompt_id": "x1",
+             "chosen": [{"role": "user", "content": "Name a prime."}, {"role": "assistant", "content": "7"}],
+             "rejected": [{"role": "user", "content": "Name a prime."}, {"role": "assistant", "content": "8"}],
+             "messages": [{"role": "user", "content": "Name a prime."}, {"role": "assistant", "content": "7"}],
+             "score_chosen": 9.0, "score_rejected": 2.0}
+    orca = {"system": "Be exact.", "question": "What is 2+2?", "chosen": "4.", "rejected": "5."}
+    [first] = read_records(write_jsonl(tmp_path / "ultra.jsonl", [ultra]))
+    assert [(m.role, m.content) for m in first.messages] == [("user", "Name a prime.")]
+    assert [m.content for m in first.chosen] == ["7"]
+    [second] = read_records(write_jsonl(tmp_path / "orca.jsonl", [orca]))
+    assert [(m.role, m.content) for m in second.messages] == [("system", "Be exact."), ("user", "What is 2+2?")]
+    assert [m.content for m in second.rejected] == ["5."]
+
+
+def test_a_weight_on_a_user_turn_is_accepted_and_only_assistant_weights_train(tmp_path):
+    path = write_jsonl(tmp_path / "w.jsonl", [{"messages": [
+        {"role": "user", "content": "hi", "weight": 0}, {"role": "assistant", "content": "hello", "weight": 1}]}])
+    [record] = read_records(path)
+    assert [m.trained for m in record.messages] == [False, True]

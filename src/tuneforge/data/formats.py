@@ -175,8 +175,6 @@ def parse_message(obj: object, where: str, roles: dict[str, str]) -> Message:
     if weight is not None:
         if isinstance(weight, bool) or weight not in (0, 1):
             raise ValueError(f"{where}.weight: must be 0 or 1, got {weight!r}")
-        if role != "assistant":
-            raise ValueError(f"{where}.weight: only assistant messages carry a weight")
     if role in ("user", "tool") and not content.strip():
         raise ValueError(f"{where}.content: empty {role} message")
     if role == "assistant" and not content.strip() and not calls:
@@ -296,20 +294,25 @@ def reply(value: dict, key: str, roles: dict[str, str]) -> tuple[Message, ...]:
 
 
 def preference_prompt(value: dict, roles: dict[str, str]) -> tuple[Message, ...]:
+    """The prompt of a preference or feedback record, from whichever key the file uses.
+
+    An explicit prompt wins over `messages`, which some files (UltraFeedback) fill with the whole
+    chosen conversation; `question` is Orca-DPO's name for it."""
     if "input" in value and isinstance(value["input"], dict):  # OpenAI DPO
         return message_list(value["input"], "messages", roles)
+    for key in ("prompt", "question"):
+        prompt = value.get(key)
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise ValueError(f"'{key}' is missing or empty")
+            return with_system((Message("user", prompt),), value)
+        if prompt is not None:
+            return with_system(message_list(value, key, roles), value)
     for key in ("conversations", "messages"):
         if key in value:
             return with_system(message_list(value, key, roles), value)
     if "instruction" in value:
         return alpaca_prompt(value)
-    prompt = value.get("prompt")
-    if isinstance(prompt, str):
-        if not prompt.strip():
-            raise ValueError("'prompt' is missing or empty")
-        return with_system((Message("user", prompt),), value)
-    if prompt is not None:
-        return with_system(message_list(value, "prompt", roles), value)
     return ()
 
 
