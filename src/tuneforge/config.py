@@ -170,6 +170,8 @@ class TrainConfig(Section):
     kl_to_base: float = Field(
         0.0, ge=0.0, description="weight of KL(base || tuned) on replay tokens; lora only, needs data.replay"
     )
+    chunked_loss: bool = Field(True, description="LM head + cross-entropy over trained positions, a chunk at a time")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, ~30% slower")
 
 
 class EvalConfig(Section):

@@ -173,7 +173,8 @@ def train(
                 continue
             micro_batches = [batch_of(ids) for ids in window]
             loss, kl, grad_norm, tokens = optimizer_step(
-                model, optimizer, micro_batches, accelerator, cfg.max_grad_norm, cfg.kl_to_base, adapter_model
+                model, optimizer, micro_batches, accelerator, cfg.max_grad_norm, cfg.kl_to_base, adapter_model,
+                cfg.chunked_loss,
             )
             scheduler.step()
             state.step += 1
@@ -246,7 +247,7 @@ def train(
 
 
 def optimizer_step(
-    model, optimizer, micro_batches, accelerator, max_grad_norm, kl_weight=0.0, adapter_model=None
+    model, optimizer, micro_batches, accelerator, max_grad_norm, kl_weight=0.0, adapter_model=None, chunked=False
 ) -> tuple[float, float, float, int]:
     """One update over a window of micro-batches.
 
@@ -262,7 +263,7 @@ def optimizer_step(
     for index, batch in enumerate(micro_batches):
         sync = index == len(micro_batches) - 1
         with nullcontext() if sync else accelerator.no_sync(model), accelerator.autocast():
-            cross_entropy, kl = loss_sum(model, batch, kl_weight, adapter_model)
+            cross_entropy, kl = loss_sum(model, batch, kl_weight, adapter_model, chunked)
             loss = (cross_entropy + kl_weight * kl) * scale
         accelerator.backward(loss)
         total_ce += cross_entropy.item() * scale

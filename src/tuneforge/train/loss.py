@@ -10,6 +10,14 @@ model is held in memory; it costs one extra forward pass (without gradients) ove
 
 Packed batches (data/packing.py) carry position_ids and a 4-D block-diagonal mask; both are
 passed to the model as they are, and the KL rows are sliced from them like the other inputs.
+
+Memory: the fp32 logits of a whole batch (batch x length x vocabulary: 8 x 1024 x 49k x 4 bytes is
+1.6 GB, and their gradient as much again) dwarf the rest of the activations.  `train.chunked_loss`
+(the default) asks the model for its last hidden states and only one position of logits, keeps
+the positions that are trained (assistant tokens; prompts are often most of a sequence), and
+computes the LM head and cross-entropy over them a chunk at a time under activation
+checkpointing, so at most one chunk's logits exist at once, forward or backward.  The result
+equals the plain path to float rounding (tests/train/test_chunked_loss.py).
 """
 
 from __future__ import annotations
@@ -20,8 +28,11 @@ import torch.nn.functional as F
 from tuneforge.data.template import IGNORE
 
 
+CHUNK_TOKENS = 1024  # trained positions per LM-head chunk: 1024 x 49k fp32 logits = 200 MB
+
+
 def loss_sum(
-    model, batch: dict[str, torch.Tensor], kl_weight: float = 0.0, adapter_model=None
+    model, batch: dict[str, torch.Tensor], kl_weight: float = 0.0, adapter_model=None, chunked: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(cross-entropy summed over trained tokens, KL to base summed over replay tokens).
 
@@ -29,14 +40,43 @@ def loss_sum(
     `adapter_model` is the unwrapped PEFT model whose adapter can be switched off.  The caller
     weighs and adds the two, and logs them apart so train_loss stays comparable across runs.
     """
+    rows = batch.get("replay")
+    needs_kl = kl_weight > 0 and rows is not None and bool(rows.any())
+    if chunked and not needs_kl:  # the KL term needs every trained position's logits anyway
+        output = model(**model_inputs(batch), logits_to_keep=1, output_hidden_states=True)
+        cross_entropy = chunked_cross_entropy(output.hidden_states[-1], batch["labels"], output_layer(model))
+        return cross_entropy, torch.zeros((), device=cross_entropy.device)
     logits = model(**model_inputs(batch)).logits
     shifted = logits[:, :-1].reshape(-1, logits.size(-1)).float()
     targets = batch["labels"][:, 1:].reshape(-1)
     cross_entropy = F.cross_entropy(shifted, targets, ignore_index=IGNORE, reduction="sum")
-    rows = batch.get("replay")
-    if kl_weight > 0 and rows is not None and bool(rows.any()):
+    if needs_kl:
         return cross_entropy, kl_to_base_sum(adapter_model, batch, rows, logits[rows])
     return cross_entropy, torch.zeros((), device=cross_entropy.device)
+
+
+def output_layer(model) -> torch.nn.Module:
+    """The LM head, through any DDP or PEFT wrapping."""
+    return getattr(model, "module", model).get_output_embeddings()
+
+
+def chunked_cross_entropy(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
+    """Summed cross-entropy of the trained positions, the LM head applied a chunk at a time."""
+    from torch.utils.checkpoint import checkpoint
+
+    states = hidden[:, :-1].reshape(-1, hidden.size(-1))
+    targets = labels[:, 1:].reshape(-1)
+    trained = targets != IGNORE
+    states, targets = states[trained], targets[trained]
+
+    def chunk_loss(chunk_states: torch.Tensor, chunk_targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(head(chunk_states).float(), chunk_targets, reduction="sum")
+
+    total = states.sum().float() * 0.0  # zero, but part of the graph even when nothing is trained
+    for start in range(0, len(targets), CHUNK_TOKENS):
+        end = start + CHUNK_TOKENS
+        total = total + checkpoint(chunk_loss, states[start:end], targets[start:end], use_reentrant=False)
+    return total
 
 
 def kl_to_base_sum(adapter_model, batch: dict[str, torch.Tensor], rows: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

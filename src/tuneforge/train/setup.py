@@ -33,7 +33,7 @@ def build_model(config: RunConfig, device: torch.device, checkpoint: Path | None
         source = checkpoint / "model" if checkpoint else base_dir
         model = load_causal_lm(source, torch.float32 if config.model.dtype == "auto" else dtype)
         model.requires_grad_(True)
-        return model, info, base_dir
+        return with_checkpointing(model, config.train.gradient_checkpointing), info, base_dir
     from peft import LoraConfig, PeftModel, get_peft_model
 
     base = load_causal_lm(base_dir, dtype)
@@ -51,7 +51,15 @@ def build_model(config: RunConfig, device: torch.device, checkpoint: Path | None
                 task_type="CAUSAL_LM",
             ),
         )
-    return model, info, base_dir
+    return with_checkpointing(model, config.train.gradient_checkpointing), info, base_dir
+
+
+def with_checkpointing(model, enabled: bool):
+    """Recompute each layer's activations in backward instead of keeping them (non-reentrant, so frozen
+    inputs under LoRA need no requires_grad trick)."""
+    if enabled:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    return model
 
 
 def build_optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
