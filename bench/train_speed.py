@@ -215,10 +215,11 @@ def child_tuneforge(args) -> dict:
 
 
 GENERATION_MARKERS = re.compile(r"{%-?\s*generation\s*-?%}")
-SMOLLM2_MESSAGE = "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+# The template's string literals hold real newlines, not backslash-n escapes.
+SMOLLM2_MESSAGE = "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
 SMOLLM2_MARKED = (
-    "{% if message['role'] == 'assistant' %}{{'<|im_start|>assistant\\n'}}"
-    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{'\\n'}}"
+    "{% if message['role'] == 'assistant' %}{{'<|im_start|>assistant\n'}}"
+    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{'\n'}}"
     "{% else %}" + SMOLLM2_MESSAGE + "{% endif %}"
 )
 
