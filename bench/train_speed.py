@@ -15,9 +15,14 @@ First, in this process, the machine's matmul peak: a 2048x2048 fp32 matmul in a 
 CUDA), the best of a few ~1 s rounds.  Then each trainer runs in a fresh child process:
 
 - tuneforge: `tuneforge.train.loop.train(load_config(configs/quickstart.yaml, overrides))`;
+  its defaults otherwise (chunked LM-head loss on), gradient checkpointing off;
 - baseline: TRL `SFTTrainer` with a `datasets.Dataset.from_list` of the same `messages` records
-  and a peft `LoraConfig`; gradient checkpointing off (TRL's default is on; tuneforge has none),
-  `bf16` only on CUDA, logging every step, no saving, no evaluation.
+  and a peft `LoraConfig`; gradient checkpointing off (TRL's default is on), `bf16` only on CUDA,
+  logging every step, no saving, no evaluation, its default optimizer and random batch order.
+
+Batch order differs: tuneforge groups batches by length within shuffled windows, TRL's default
+sampler is random, so TRL's batches carry more padding (the table shows how much);
+`--trl-sampler group_by_length` gives the baseline length-grouped batches too.
 
 Measured in each child: the time at the end of every optimizer step (tuneforge: its `stop`
 callback; TRL: a `TrainerCallback.on_step_end`) and the non-padding tokens (attention-mask sum)
@@ -47,7 +52,8 @@ and the compute spent on padding are not counted.
 
     python bench/train_speed.py                        # 30 steps each (several minutes on 2 cores)
     python bench/train_speed.py --steps 10 --tokens 5000 --out speed.json
-    python bench/train_speed.py --only tuneforge       # no baseline (needs `pip install -e .[bench]` otherwise)
+    python bench/train_speed.py --trl-sampler group_by_length   # a baseline with little padding too
+    python bench/train_speed.py --only tuneforge       # no baseline (it needs `pip install -e .[bench]`)
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -192,9 +199,11 @@ def child_tuneforge(args) -> dict:
         f"train.seed={SEED}", "model.dtype=auto",
         f"lora.r={LORA['r']}", f"lora.alpha={LORA['alpha']}", f"lora.dropout={LORA['dropout']}",
         f"lora.target_modules={LORA['target_modules']}",
+        "train.gradient_checkpointing=false",
         "eval.general_check=false", "eval.prompts=null", "eval.every_steps=null", "checkpoint.every_steps=null",
     ]
-    result = loop.train(load_config(CONFIG, overrides=overrides), overwrite=True, stop=mark)
+    config = load_config(CONFIG, overrides=overrides)
+    result = loop.train(config, overwrite=True, stop=mark)
     metrics = [r for r in read_metrics(result.run_dir) if "train_loss" in r]
     manifest = json.loads((result.run_dir / "data_manifest.json").read_text())
     step_tokens = [b[0] for b in batches[: len(step_ends)]]
@@ -210,6 +219,7 @@ def child_tuneforge(args) -> dict:
         "final_loss": losses[-1], "last5_loss": sum(losses[-5:]) / len(losses[-5:]),
         "dataset_tokens": manifest["train_tokens"], "dataset_trained_tokens": manifest["trained_tokens"],
         "loss_mask": "assistant content + end-of-turn token (tuneforge's chat masking)",
+        "options": f"chunked_loss={config.train.chunked_loss}, gradient_checkpointing=False, AdamW (torch default)",
         "peak_cuda_mb": cuda_peak_mb(),
     }
 
@@ -243,6 +253,7 @@ def child_trl(args) -> dict:
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoTokenizer, TrainerCallback
+    from transformers.training_args import OptimizerNames
     from trl import SFTConfig, SFTTrainer
 
     from tuneforge.models.resolve import resolve
@@ -274,6 +285,7 @@ def child_trl(args) -> dict:
         weight_decay=0.0, max_grad_norm=1.0, seed=SEED, logging_steps=1, save_strategy="no", eval_strategy="no",
         report_to="none", disable_tqdm=True, bf16=cuda, gradient_checkpointing=False, max_length=MAX_LEN,
         packing=False, padding_free=False, assistant_only_loss=assistant_only, dataloader_num_workers=0,
+        train_sampling_strategy=args.trl_sampler,
         model_init_kwargs={"dtype": "bfloat16" if cuda else "float32"},
     )
     peft_config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
@@ -300,12 +312,11 @@ def child_trl(args) -> dict:
                          processing_class=tokenizer, peft_config=peft_config, callbacks=[marks])
     dataset = trainer.train_dataset
     dataset_tokens = sum(len(ids) for ids in dataset["input_ids"])
-    for column in ("assistant_masks", "completion_mask"):
-        if column in dataset.column_names:
-            trained = sum(sum(m) for m in dataset[column])
-            break
+    if "labels" in dataset.column_names:  # TRL >= 1.x folds its masks into labels while preparing the data
+        trained = sum(sum(label != -100 for label in labels) for labels in dataset["labels"])
     else:
-        trained = dataset_tokens
+        trained = next((sum(sum(m) for m in dataset[c]) for c in ("assistant_masks", "completion_mask")
+                        if c in dataset.column_names), dataset_tokens)
     batches: list[tuple[int, int]] = []
     collator = trainer.data_collator
 
@@ -330,6 +341,9 @@ def child_trl(args) -> dict:
         "final_loss": marks.losses[-1], "last5_loss": sum(marks.losses[-5:]) / len(marks.losses[-5:]),
         "dataset_tokens": dataset_tokens, "dataset_trained_tokens": trained,
         "loss_mask": mask, "trl_num_tokens": marks.num_tokens,
+        "options": f"gradient_checkpointing=False (TRL's default is True), optim={OptimizerNames(trainer.args.optim).value}, "
+                   f"loss_type={trainer.args.loss_type}, packing=False, padding_free=False, "
+                   f"train_sampling_strategy={trainer.args.train_sampling_strategy}",
         "peak_cuda_mb": cuda_peak_mb(),
     }
 
@@ -338,6 +352,7 @@ def run_child(name: str, args) -> dict:
     result_path, log_path = args.work / f"{name}.json", args.work / f"{name}.log"
     command = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--data", str(args.data),
                "--work", str(args.work), "--steps", str(args.steps), "--trl-loss", args.trl_loss,
+               "--trl-sampler", args.trl_sampler,
                "--result", str(result_path)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     started = time.monotonic()
@@ -379,7 +394,10 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=TRAINERS, default=list(TRAINERS))
     parser.add_argument("--trl-loss", choices=["assistant", "completion", "full"], default="assistant",
                         help="the baseline's loss mask (see above)")
+    parser.add_argument("--trl-sampler", choices=["random", "group_by_length"], default="random",
+                        help="the baseline's batch order: TRL's default (random) or length-grouped batches")
     parser.add_argument("--out", type=Path, help="also write the figures as JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (data, runs, child logs)")
     parser.add_argument("--child", choices=TRAINERS, help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -407,7 +425,8 @@ def main() -> None:
     args.data = args.work / "train.jsonl"
     data = write_data(args.data, args.tokens)
     print(f"data: {data['records']} records ({data['source_records']} distinct), {data['tokens']:,} tokens; "
-          f"work dir {args.work}", file=sys.stderr, flush=True)
+          f"work dir {args.work}"
+          + (" (kept)" if args.keep else " (removed at the end; --keep keeps it)"), file=sys.stderr, flush=True)
 
     results = {}
     for name in args.only:
@@ -418,21 +437,22 @@ def main() -> None:
               file=sys.stderr, flush=True)
 
     peak = peaks[peak_name]
+    peak_after = matmul_peak(peak_name, "cuda" if cuda else "cpu")  # did the machine change under us?
     print(f"\nTraining speed: {MODEL}, LoRA r={LORA['r']} alpha={LORA['alpha']} dropout={LORA['dropout']} "
           f"{LORA['target_modules']}, lr {LEARNING_RATE} cosine, batch {BATCH_SIZE} x grad_accum 1, "
           f"{args.steps} steps, max length {MAX_LEN}, padded batches (no packing, no padding-free), "
           f"{'bf16 autocast, bf16 base' if cuda else 'fp32'}; {device}")
     print(f"data: {data['records']} records repeated from {SOURCE.relative_to(ROOT)}, {data['tokens']:,} tokens")
-    print(f"matmul peak: {peak / 1e9:,.1f} GFLOP/s ({peak_name}, 2048^2, measured now)"
-          + (f"; fp32 {peaks['float32'] / 1e9:,.1f}" if cuda else ""))
+    print(f"matmul peak: {peak / 1e9:,.1f} GFLOP/s ({peak_name}, 2048^2, measured at start; "
+          f"{peak_after / 1e9:,.1f} again at the end)" + (f"; fp32 {peaks['float32'] / 1e9:,.1f}" if cuda else ""))
     print(f"MFU = non-pad tokens/s x (4 x N_base + 6 x N_lora) / peak; N_base = {sizes['n_base']:,} "
           f"(all parameters, tied embedding = output head counted once), N_lora = {sizes['n_lora']:,}: "
           f"{sizes['flops_per_token'] / 1e6:,.1f} MFLOP per token\n")
     print(table(results, peak, sizes["flops_per_token"]))
     print()
     for name, r in results.items():
-        print(f"{name} loss mask: {r['loss_mask']}; dataset {r['dataset_tokens']:,} tokens, "
-              f"{r['dataset_trained_tokens']:,} trained")
+        print(f"{name}: loss mask {r['loss_mask']}; dataset {r['dataset_tokens']:,} tokens, "
+              f"{r['dataset_trained_tokens']:,} trained; {r['options']}")
     if len(results) == 2:
         tf, trl = results["tuneforge"], results["trl"]
         print(f"\ntuneforge / TRL: tokens/s {tf['tokens_per_s'] / trl['tokens_per_s']:.2f}x, "
@@ -442,8 +462,11 @@ def main() -> None:
         args.out.write_text(json.dumps({
             "model": MODEL, "steps": args.steps, "warmup_steps": WARMUP_STEPS, "batch_size": BATCH_SIZE,
             "max_length": MAX_LEN, "learning_rate": LEARNING_RATE, "lora": LORA, "device": device,
-            "data": data, "matmul_peak_flops": peaks, "mfu_peak": peak_name, **sizes, "results": results,
+            "data": data, "matmul_peak_flops": peaks, "mfu_peak": peak_name, "matmul_peak_after_flops": peak_after,
+            **sizes, "results": results,
         }, indent=2))
+    if not args.keep:
+        shutil.rmtree(args.work, ignore_errors=True)
 
 
 if __name__ == "__main__":
