@@ -203,6 +203,18 @@ class EvalConfig(Section):
             raise ValueError("early_stopping_patience counts periodic evaluations; set eval.every_steps too")
         return self
 
+    @field_validator("metrics")
+    @classmethod
+    def _metrics_exist(cls, names: list[str]) -> list[str]:
+        from tuneforge.evaluate.metrics import generation_metric
+
+        for name in names:
+            try:
+                generation_metric(name)
+            except ConfigError as exc:  # re-raised for pydantic, which adds the file and line
+                raise ValueError(str(exc)) from None
+        return names
+
     @field_validator("gates")
     @classmethod
     def _gates_parse(cls, gates: list[str]) -> list[str]:

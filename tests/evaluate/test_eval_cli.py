@@ -73,3 +73,12 @@ def test_a_malformed_gate_is_a_clear_error(tiny_model, tmp_path, capsys):
 def test_eval_without_data_says_what_to_pass(tiny_model, capsys):
     assert main(["eval", str(tiny_model)]) == 2
     assert "--data FILE" in capsys.readouterr().err
+
+
+def test_an_unknown_metric_is_refused_before_any_model_loads(tiny_model, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": [{"role": "user", "content": "q"},
+                                                            {"role": "assistant", "content": "a"}]}])
+    assert main(["eval", str(tiny_model), "--data", str(data), "--metrics", "token_f2"]) == 2
+    assert "token_f2" in capsys.readouterr().err
+    assert main(["compare", str(tiny_model), "--data", str(data), "--metrics", "nosuch.module:fn"]) == 2
+    assert "nosuch.module:fn" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from rich.console import Console
 from tuneforge.config import EvalConfig, RunConfig, load_config
 from tuneforge.errors import ConfigError
 from tuneforge.evaluate import compare, gates
+from tuneforge.evaluate.metrics import generation_metric
 from tuneforge.evaluate.evaluator import (
     builtin_general_text, eval_examples, forgetting_warning, load_eval_records, save_results,
 )
@@ -53,11 +54,19 @@ def eval_settings(options: EvalOptions, config: RunConfig | None) -> tuple[EvalC
     settings = config.eval if config else EvalConfig()
     updates = {k: v for k, v in {"metrics": options.metrics, "max_new_tokens": options.max_new_tokens,
                                   "batch_size": options.batch_size}.items() if v}
+    checked_metrics(options.metrics)
     settings = settings.model_copy(update=updates)
     data = options.data or ([*config.data.validation] if config else [])
     if not data:
         raise ConfigError("name the data to evaluate on: --data FILE (or a run whose config has data.validation)")
     return settings, data
+
+
+def checked_metrics(names: list[str]) -> list[str]:
+    """The metric names given on the command line, each checked before any model is loaded."""
+    for name in names:
+        generation_metric(name)
+    return names
 
 
 def base_of(model: str, explicit: str | None) -> str | None:
@@ -107,8 +116,8 @@ def run_eval(options: EvalOptions, console: Console) -> int:
 def run_compare(references: list[str], data: list[str], metrics: list[str], report: Path | None, out: Path,
                 max_new_tokens: int, limit: int | None, console: Console) -> int:
     """Evaluate every model on the same examples; print the summary and the examples that changed most."""
+    metric_names = checked_metrics(metrics) or EvalConfig().metrics
     records = load_eval_records(data, limit)
-    metric_names = metrics or EvalConfig().metrics
     general = read_records(builtin_general_text())
     evals = compare.evaluate_references(references, records, metric_names, Sampling(max_new_tokens=max_new_tokens),
                                         8, console, general)
