@@ -208,24 +208,24 @@ class EvalConfig(Section):
     def _metrics_exist(cls, names: list[str]) -> list[str]:
         from tuneforge.evaluate.metrics import generation_metric
 
-        for name in names:
-            try:
-                generation_metric(name)
-            except ConfigError as exc:  # re-raised for pydantic, which adds the file and line
-                raise ValueError(str(exc)) from None
-        return names
+        return each_checked(generation_metric, names)
 
     @field_validator("gates")
     @classmethod
     def _gates_parse(cls, gates: list[str]) -> list[str]:
         from tuneforge.evaluate.gates import parse_gate
 
-        for gate in gates:
-            try:
-                parse_gate(gate)
-            except ConfigError as exc:  # re-raised for pydantic, which adds the file and line
-                raise ValueError(str(exc)) from None
-        return gates
+        return each_checked(parse_gate, gates)
+
+
+def each_checked(check, items: list[str]) -> list[str]:
+    """Run `check` on each item; its ConfigError becomes a ValueError, for which pydantic adds the file and line."""
+    for item in items:
+        try:
+            check(item)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+    return items
 
 
 class CheckpointConfig(Section):

@@ -29,7 +29,8 @@ class ChatTemplate:
     markers: tuple[str, ...] = ()  # other tokens the template writes, which must be single tokens too
 
 
-# Jinja macros shared by the templates: a tool call written as data/template.py writes one into the
+# Jinja macros shared by the templates: a message's text (content, the tools offered when it is
+# the system turn, then its tool calls), a tool call written as data/template.py writes one into the
 # reply's text (arguments arrive as JSON text, OpenAI style, or as a mapping, HF style), and the
 # tools offered, listed in the system turn (a turn of their own when there is no system message).
 _MACROS = r"""
@@ -38,6 +39,16 @@ _MACROS = r"""
     {{- '<tool_call>{"name": ' + (call.name | tojson) + ', "arguments": ' -}}
     {%- if call.arguments is string -%}{{- call.arguments -}}{%- else -%}{{- call.arguments | tojson -}}{%- endif -%}
     {{- '}</tool_call>' -}}
+{%- endmacro -%}
+{%- macro message_text(message) -%}
+    {%- if message.content -%}{{- message.content | trim -}}{%- endif -%}
+    {%- if message.role == 'system' and has_tools -%}{{- '\n\n' + tool_list() -}}{%- endif -%}
+    {%- if message.tool_calls is defined and message.tool_calls -%}
+        {%- for tool_call in message.tool_calls -%}
+            {%- if message.content or not loop.first -%}{{- '\n' -}}{%- endif -%}
+            {{- tool_call_text(tool_call) -}}
+        {%- endfor -%}
+    {%- endif -%}
 {%- endmacro -%}
 {%- macro tool_list() -%}
     {{- 'You can call these tools; to call one, answer with <tool_call>{"name": ..., "arguments": ...}</tool_call>:' -}}
@@ -57,14 +68,7 @@ CHATML = ChatTemplate(
 {%- if tools_first -%}{{ '<|im_start|>system\n' + tool_list() + '<|im_end|>\n' }}{%- endif -%}
 {%- for message in messages -%}
     {{ '<|im_start|>' + message.role + '\n' }}
-    {%- if message.content -%}{{ message.content | trim }}{%- endif -%}
-    {%- if message.role == 'system' and has_tools -%}{{ '\n\n' + tool_list() }}{%- endif -%}
-    {%- if message.tool_calls is defined and message.tool_calls -%}
-        {%- for tool_call in message.tool_calls -%}
-            {%- if message.content or not loop.first -%}{{ '\n' }}{%- endif -%}
-            {{ tool_call_text(tool_call) }}
-        {%- endfor -%}
-    {%- endif -%}
+    {{- message_text(message) -}}
     {{ '<|im_end|>\n' }}
 {%- endfor -%}
 {%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}
@@ -84,14 +88,7 @@ LLAMA3 = ChatTemplate(
 {%- for message in messages -%}
     {%- set role = 'ipython' if message.role == 'tool' else message.role -%}
     {{ '<|start_header_id|>' + role + '<|end_header_id|>\n\n' }}
-    {%- if message.content -%}{{ message.content | trim }}{%- endif -%}
-    {%- if message.role == 'system' and has_tools -%}{{ '\n\n' + tool_list() }}{%- endif -%}
-    {%- if message.tool_calls is defined and message.tool_calls -%}
-        {%- for tool_call in message.tool_calls -%}
-            {%- if message.content or not loop.first -%}{{ '\n' }}{%- endif -%}
-            {{ tool_call_text(tool_call) }}
-        {%- endfor -%}
-    {%- endif -%}
+    {{- message_text(message) -}}
     {{ '<|eot_id|>' }}
 {%- endfor -%}
 {%- if add_generation_prompt -%}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif -%}
@@ -115,13 +112,7 @@ ALPACA = ChatTemplate(
         {{ '### Tool result:\n' + (message.content | trim) + '\n\n' }}
     {%- elif message.role == 'assistant' -%}
         {{ '### Response:\n' }}
-        {%- if message.content -%}{{ message.content | trim }}{%- endif -%}
-        {%- if message.tool_calls is defined and message.tool_calls -%}
-            {%- for tool_call in message.tool_calls -%}
-                {%- if message.content or not loop.first -%}{{ '\n' }}{%- endif -%}
-                {{ tool_call_text(tool_call) }}
-            {%- endfor -%}
-        {%- endif -%}
+        {{- message_text(message) -}}
         {{ eos_token }}
         {%- if not loop.last -%}{{ '\n\n' }}{%- endif -%}
     {%- else -%}
