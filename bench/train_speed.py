@@ -11,7 +11,7 @@ optimizer steps; fp32 on CPU; on CUDA both train a bf16 base with bf16 autocast 
 default there).  Only training runs: no replay, evaluation, general check or periodic checkpoints
 (tuneforge still saves its final adapter after the loop, outside the timed span).
 
-First, in this process, the machine's matmul peak: a 2048x2048 fp32 matmul in a loop (and bf16 on
+First, in this process, the machine's matmul peak: a 2048x2048 fp32 matmul in a loop (8192x8192, and bf16, on
 CUDA), the best of a few ~1 s rounds.  Then each trainer runs in a fresh child process:
 
 - tuneforge: `tuneforge.train.loop.train(load_config(configs/quickstart.yaml, overrides))`;
@@ -54,6 +54,14 @@ and the compute spent on padding are not counted.
     python bench/train_speed.py --steps 10 --tokens 5000 --out speed.json
     python bench/train_speed.py --trl-sampler group_by_length   # a baseline with little padding too
     python bench/train_speed.py --only tuneforge       # no baseline (it needs `pip install -e .[bench]`)
+    python bench/train_speed.py --random-init bench/configs/llama-3.2-1b.json   # a 1B shape, random weights
+
+`--random-init CONFIG` trains a model built from an HF config file (bench/configs/ holds SmolLM2-135M's
+and Llama-3.2-1B's shapes) with seeded random weights instead of the embedded model: speed and memory
+do not depend on the weights' values, and a GPU machine without network or room for checkpoints can
+run it.  The tokenizer (for the data and the chat template) is the embedded model's, or --tokenizer DIR;
+a larger vocabulary in the config (128k for Llama-3.2) keeps its full LM-head cost.  The losses of a
+random model start near ln(vocabulary) and are comparable only between the two trainers of one run.
 """
 
 from __future__ import annotations
@@ -82,18 +90,17 @@ LEARNING_RATE = 2e-4
 SEED = 42
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}
 TRAINERS = ("tuneforge", "trl")
+PEAK_SIZE = {"cpu": 2048, "cuda": 8192}  # matmul sizes that reach each device's peak
 
 # ---------------------------------------------------------------------------------------------
 # Data, peak and model size: in the parent process.
 
 
-def write_data(path: Path, tokens: int) -> dict:
+def write_data(path: Path, tokens: int, model_dir: Path) -> dict:
     """The quickstart records, repeated in order until their chat-templated token count reaches `tokens`."""
     from transformers import AutoTokenizer
 
-    from tuneforge.models.resolve import resolve
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve(MODEL))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     records = [json.loads(line) for line in SOURCE.read_text().splitlines() if line.strip()]
     lengths = [len(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"])
                for r in records]
@@ -106,10 +113,11 @@ def write_data(path: Path, tokens: int) -> dict:
     return {"records": len(lines), "tokens": total, "source_records": len(records)}
 
 
-def matmul_peak(dtype_name: str, device: str, n: int = 2048, rounds: int = 3, seconds: float = 1.0) -> float:
+def matmul_peak(dtype_name: str, device: str, rounds: int = 3, seconds: float = 1.0) -> float:
     """FLOP/s of an n x n matmul loop: the best of `rounds` rounds of about `seconds` each."""
     import torch
 
+    n = PEAK_SIZE[device]
     dtype = getattr(torch, dtype_name)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
@@ -132,22 +140,43 @@ def matmul_peak(dtype_name: str, device: str, n: int = 2048, rounds: int = 3, se
     return best
 
 
-def parameter_counts() -> dict:
+def parameter_counts(model_dir: Path) -> dict:
     """Frozen and LoRA parameter counts, from the model's config on the meta device (no weights loaded)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from tuneforge.models.resolve import resolve
-
     warnings.filterwarnings("ignore", category=FutureWarning)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolve(MODEL)))
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
         model = get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                                                  target_modules=LORA["target_modules"], task_type="CAUSAL_LM"))
     lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
     base = sum(p.numel() for p in model.parameters()) - lora
     return {"n_base": base, "n_lora": lora, "flops_per_token": 4 * base + 6 * lora}
+
+
+def random_model(config_path: Path, tokenizer_dir: Path | None, out: Path, cuda: bool) -> Path:
+    """A model directory of the config's shape with seeded random weights and the given tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from tuneforge.models.resolve import resolve
+
+    raw = {k: v for k, v in json.loads(config_path.read_text()).items() if not k.startswith("_")}
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or resolve(MODEL))
+    if raw["vocab_size"] < len(tokenizer):
+        raise SystemExit(f"{config_path}: vocab_size {raw['vocab_size']} is below the tokenizer's {len(tokenizer)}")
+    ids = {"eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id,
+           "pad_token_id": tokenizer.pad_token_id or tokenizer.eos_token_id}
+    config = AutoConfig.for_model(**raw, **ids)
+    torch.manual_seed(SEED)
+    with torch.device("cuda" if cuda else "cpu"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if cuda else torch.float32)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    del model
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,7 +221,7 @@ def child_tuneforge(args) -> dict:
 
     overrides = [
         f"output_dir={args.work / 'tuneforge-run'}", f"data.train=[{args.data}]", "data.validation=[]",
-        "data.replay=null", "data.packing=false", "data.clean.dedup=false",
+        f"model.name={args.model_dir}", "data.replay=null", "data.packing=false", "data.clean.dedup=false",
         "train.kl_to_base=0", f"train.max_steps={args.steps}", f"train.batch_size={BATCH_SIZE}", "train.grad_accum=1",
         f"train.learning_rate={LEARNING_RATE}", "train.lr_scheduler=cosine", "train.warmup_steps=0",
         "train.weight_decay=0", "train.max_grad_norm=1.0", f"train.max_seq_length={MAX_LEN}", "train.log_every=1",
@@ -201,6 +230,7 @@ def child_tuneforge(args) -> dict:
         f"lora.target_modules={LORA['target_modules']}",
         "train.gradient_checkpointing=false",
         "eval.general_check=false", "eval.prompts=null", "eval.every_steps=null", "checkpoint.every_steps=null",
+        *args.tuneforge_set,
     ]
     config = load_config(CONFIG, overrides=overrides)
     result = loop.train(config, overwrite=True, stop=mark)
@@ -219,7 +249,9 @@ def child_tuneforge(args) -> dict:
         "final_loss": losses[-1], "last5_loss": sum(losses[-5:]) / len(losses[-5:]),
         "dataset_tokens": manifest["train_tokens"], "dataset_trained_tokens": manifest["trained_tokens"],
         "loss_mask": "assistant content + end-of-turn token (tuneforge's chat masking)",
-        "options": f"chunked_loss={config.train.chunked_loss}, gradient_checkpointing=False, AdamW (torch default)",
+        "options": f"chunked_loss={config.train.chunked_loss}, gradient_checkpointing="
+                   f"{config.train.gradient_checkpointing}, fused_kernels={config.train.fused_kernels}, AdamW (torch default)"
+                   + "".join(f", --set {item}" for item in args.tuneforge_set),
         "peak_cuda_mb": cuda_peak_mb(),
     }
 
@@ -256,9 +288,7 @@ def child_trl(args) -> dict:
     from transformers.training_args import OptimizerNames
     from trl import SFTConfig, SFTTrainer
 
-    from tuneforge.models.resolve import resolve
-
-    model_dir = resolve(MODEL)
+    model_dir = args.model_dir
     records = [json.loads(line) for line in args.data.read_text().splitlines()]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     assistant_only = False
@@ -352,7 +382,8 @@ def run_child(name: str, args) -> dict:
     result_path, log_path = args.work / f"{name}.json", args.work / f"{name}.log"
     command = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--data", str(args.data),
                "--work", str(args.work), "--steps", str(args.steps), "--trl-loss", args.trl_loss,
-               "--trl-sampler", args.trl_sampler,
+               "--trl-sampler", args.trl_sampler, "--model-dir", str(args.model_dir),
+               *[f"--tuneforge-set={item}" for item in args.tuneforge_set],
                "--result", str(result_path)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     started = time.monotonic()
@@ -396,12 +427,19 @@ def main() -> None:
                         help="the baseline's loss mask (see above)")
     parser.add_argument("--trl-sampler", choices=["random", "group_by_length"], default="random",
                         help="the baseline's batch order: TRL's default (random) or length-grouped batches")
+    parser.add_argument("--random-init", type=Path, metavar="CONFIG",
+                        help="train a random-weight model of this HF config's shape (see bench/configs/)")
+    parser.add_argument("--tokenizer", type=Path, metavar="DIR",
+                        help="tokenizer for --random-init (default: the embedded model's)")
+    parser.add_argument("--tuneforge-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a run-file override for tuneforge only, e.g. train.fused_kernels=false (repeatable)")
     parser.add_argument("--out", type=Path, help="also write the figures as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (data, runs, child logs)")
     parser.add_argument("--child", choices=TRAINERS, help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
@@ -418,12 +456,19 @@ def main() -> None:
         peaks["bfloat16"] = matmul_peak("bfloat16", "cuda")
     peak_name = "bfloat16" if cuda else "float32"  # what the training matmuls run in
     device = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} torch threads"
-    print(f"device: {device}; matmul peak (2048^2): "
+    print(f"device: {device}; matmul peak ({PEAK_SIZE['cuda' if cuda else 'cpu']}^2): "
           + ", ".join(f"{k} {v / 1e9:,.1f} GFLOP/s" for k, v in peaks.items()), file=sys.stderr, flush=True)
-    sizes = parameter_counts()
     args.work = Path(tempfile.mkdtemp(prefix="tuneforge-train-speed-"))
+    if args.random_init:
+        model_label = f"{args.random_init.name} shape, random weights"
+        args.model_dir = random_model(args.random_init, args.tokenizer, args.work / "model", cuda)
+    else:
+        from tuneforge.models.resolve import resolve
+
+        model_label, args.model_dir = MODEL, resolve(MODEL)
+    sizes = parameter_counts(args.model_dir)
     args.data = args.work / "train.jsonl"
-    data = write_data(args.data, args.tokens)
+    data = write_data(args.data, args.tokens, args.model_dir)
     print(f"data: {data['records']} records ({data['source_records']} distinct), {data['tokens']:,} tokens; "
           f"work dir {args.work}"
           + (" (kept)" if args.keep else " (removed at the end; --keep keeps it)"), file=sys.stderr, flush=True)
@@ -438,12 +483,12 @@ def main() -> None:
 
     peak = peaks[peak_name]
     peak_after = matmul_peak(peak_name, "cuda" if cuda else "cpu")  # did the machine change under us?
-    print(f"\nTraining speed: {MODEL}, LoRA r={LORA['r']} alpha={LORA['alpha']} dropout={LORA['dropout']} "
+    print(f"\nTraining speed: {model_label} ({(sizes['n_base']) / 1e6:,.0f}M parameters), LoRA r={LORA['r']} alpha={LORA['alpha']} dropout={LORA['dropout']} "
           f"{LORA['target_modules']}, lr {LEARNING_RATE} cosine, batch {BATCH_SIZE} x grad_accum 1, "
           f"{args.steps} steps, max length {MAX_LEN}, padded batches (no packing, no padding-free), "
           f"{'bf16 autocast, bf16 base' if cuda else 'fp32'}; {device}")
     print(f"data: {data['records']} records repeated from {SOURCE.relative_to(ROOT)}, {data['tokens']:,} tokens")
-    print(f"matmul peak: {peak / 1e9:,.1f} GFLOP/s ({peak_name}, 2048^2, measured at start; "
+    print(f"matmul peak: {peak / 1e9:,.1f} GFLOP/s ({peak_name}, {PEAK_SIZE['cuda' if cuda else 'cpu']}^2, measured at start; "
           f"{peak_after / 1e9:,.1f} again at the end)" + (f"; fp32 {peaks['float32'] / 1e9:,.1f}" if cuda else ""))
     print(f"MFU = non-pad tokens/s x (4 x N_base + 6 x N_lora) / peak; N_base = {sizes['n_base']:,} "
           f"(all parameters, tied embedding = output head counted once), N_lora = {sizes['n_lora']:,}: "
@@ -460,7 +505,7 @@ def main() -> None:
               + (f", peak CUDA memory {tf['peak_cuda_mb'] / trl['peak_cuda_mb']:.2f}x" if cuda else ""))
     if args.out:
         args.out.write_text(json.dumps({
-            "model": MODEL, "steps": args.steps, "warmup_steps": WARMUP_STEPS, "batch_size": BATCH_SIZE,
+            "model": model_label, "steps": args.steps, "warmup_steps": WARMUP_STEPS, "batch_size": BATCH_SIZE,
             "max_length": MAX_LEN, "learning_rate": LEARNING_RATE, "lora": LORA, "device": device,
             "data": data, "matmul_peak_flops": peaks, "mfu_peak": peak_name, "matmul_peak_after_flops": peak_after,
             **sizes, "results": results,

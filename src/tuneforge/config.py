@@ -28,6 +28,9 @@ class ModelConfig(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: float32 on CPU (no fast bf16 there), bfloat16 on CUDA"
     )
+    quantize: Literal["4bit"] | None = Field(
+        None, description="4bit: QLoRA, the frozen base in 4-bit NF4 (bitsandbytes, CUDA only; method lora)"
+    )
 
 
 def existing_file(path: Path | None) -> Path | None:
@@ -172,6 +175,16 @@ class TrainConfig(Section):
     )
     chunked_loss: bool = Field(True, description="LM head + cross-entropy over trained positions, a chunk at a time")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, ~30% slower")
+    distributed: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="with several processes (--nproc): ddp replicates the model, fsdp shards it (CUDA only)"
+    )
+    preflight: Literal["refuse", "warn", "off"] = Field(
+        "refuse", description="memory/time estimate before training: refuse (or only warn about) a run that cannot fit"
+    )
+    compile: bool = Field(False, description="torch.compile each decoder layer (one compile, reused); see bench/RESULTS.md")
+    fused_kernels: bool = Field(
+        False, description="on CUDA, Liger's Triton kernels (RMSNorm, SwiGLU, RoPE) if installed; slower in bench/RESULTS.md"
+    )
 
 
 class EvalConfig(Section):
@@ -327,6 +340,19 @@ class RunConfig(Section):
     def _absolute_output(self) -> RunConfig:
         if not self.output_dir.is_absolute():
             object.__setattr__(self, "output_dir", self.output_dir.resolve())
+        return self
+
+    @model_validator(mode="after")
+    def _quantized_base_needs_adapter_and_cuda(self) -> RunConfig:
+        if self.model.quantize is None:
+            return self
+        if self.method != "lora":
+            raise ValueError("model.quantize trains an adapter on a frozen 4-bit base; set method: lora")
+        from tuneforge.models.quantize import quantization_problem
+
+        problem = quantization_problem()
+        if problem:
+            raise ValueError(f"model.quantize {problem}")
         return self
 
     @model_validator(mode="after")

@@ -61,12 +61,14 @@ def quiet_transformers() -> None:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
-def load_causal_lm(path: Path, dtype: torch.dtype):
+def load_causal_lm(path: Path, dtype: torch.dtype, quantization=None, device: torch.device | None = None):
+    """`quantization` (a transformers BitsAndBytesConfig) loads the weights quantized, straight onto `device`."""
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
+    placement = {"quantization_config": quantization, "device_map": {"": device}} if quantization else {}
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **placement)
     except (OSError, ValueError) as exc:
         raise ModelError(f"{path}: cannot load model: {exc}") from exc
 

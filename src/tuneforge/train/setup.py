@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import random
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 
 from tuneforge.config import RunConfig, TrainConfig
 from tuneforge.models.load import ModelInfo, load_causal_lm, pick_dtype
+from tuneforge.models.quantize import four_bit_config
 from tuneforge.models.resolve import resolve
 
 
@@ -24,7 +26,8 @@ def build_model(config: RunConfig, device: torch.device, checkpoint: Path | None
     """(model, info, base model directory); from `checkpoint/model` when resuming.
 
     On CUDA, full fine-tuning keeps fp32 master weights (bf16 comes from autocast); LoRA
-    keeps the frozen base in bf16 to halve its memory while peft keeps adapters in fp32.
+    keeps the frozen base in bf16 to halve its memory while peft keeps adapters in fp32, and
+    QLoRA (model.quantize: 4bit) keeps it in 4-bit NF4, a quarter of bf16.
     """
     base_dir = resolve(config.model.name)
     info = ModelInfo(base_model=config.model.name, method=config.method)
@@ -32,11 +35,18 @@ def build_model(config: RunConfig, device: torch.device, checkpoint: Path | None
     if config.method == "full":
         source = checkpoint / "model" if checkpoint else base_dir
         model = load_causal_lm(source, torch.float32 if config.model.dtype == "auto" else dtype)
+        model = with_fused_kernels(model, device, config.train.fused_kernels)
         model.requires_grad_(True)
-        return with_checkpointing(model, config.train.gradient_checkpointing), info, base_dir
-    from peft import LoraConfig, PeftModel, get_peft_model
+        return with_training_wrappers(model, config.train), info, base_dir
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
-    base = load_causal_lm(base_dir, dtype)
+    if config.model.quantize:
+        on_gpu = device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
+        base = load_causal_lm(base_dir, dtype, four_bit_config(dtype), on_gpu)
+        # fp32 norms and input gradients for the frozen 4-bit base; checkpointing is with_checkpointing's job.
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    else:
+        base = with_fused_kernels(load_causal_lm(base_dir, dtype), device, config.train.fused_kernels)
     if checkpoint:
         model = PeftModel.from_pretrained(base, checkpoint / "model", is_trainable=True)
     else:
@@ -51,7 +61,36 @@ def build_model(config: RunConfig, device: torch.device, checkpoint: Path | None
                 task_type="CAUSAL_LM",
             ),
         )
-    return with_checkpointing(model, config.train.gradient_checkpointing), info, base_dir
+    return with_training_wrappers(model, config.train), info, base_dir
+
+
+def with_training_wrappers(model, train: TrainConfig):
+    """The training-time wrappers that do not change the weights: activation checkpointing, compilation."""
+    return with_compiled_layers(with_checkpointing(model, train.gradient_checkpointing), train.compile)
+
+
+def with_compiled_layers(model, enabled: bool):
+    """torch.compile each decoder layer in place ("regional" compilation): the layers share one code
+    object, so it compiles once (dynamic shapes: batches differ in length) and the model keeps its
+    structure for PEFT, checkpoints and generation."""
+    if enabled:
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        for layer in inner.get_decoder().layers:
+            layer.compile(dynamic=True)
+    return model
+
+
+def with_fused_kernels(model, device: torch.device, enabled: bool):
+    """Liger's Triton kernels for RMSNorm, SwiGLU and RoPE, patched into the loaded model, on CUDA when the
+    `liger-kernel` package is installed (Triton has no CPU backend).  Its cross-entropy kernels stay off:
+    train/loss.py's chunked loss already keeps the full logits out of memory."""
+    if not enabled or device.type != "cuda" or importlib.util.find_spec("liger_kernel") is None:
+        return model
+    from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+    _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                    fused_linear_cross_entropy=False)
+    return model
 
 
 def with_checkpointing(model, enabled: bool):
@@ -63,13 +102,18 @@ def with_checkpointing(model, enabled: bool):
 
 
 def build_optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases and norm weights (1-D parameters), as is standard."""
+    """AdamW; no weight decay on biases and norm weights (1-D parameters), as is standard.
+
+    The fused implementation (one kernel over all parameters, on CPU and CUDA; TRL's default too) does
+    the per-tensor loop's arithmetic in a few launches: on a GPU, where a LoRA step of a small model is
+    bound by kernel launches, that matters (bench/RESULTS.md); on the CPU the optimizer is ~1% of a step.
+    """
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate, fused=True)
 
 
 def total_steps(config: TrainConfig, batches_per_epoch: int) -> int:
