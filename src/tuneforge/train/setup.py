@@ -14,6 +14,7 @@ from tuneforge.config import RunConfig, TrainConfig
 from tuneforge.models.load import ModelInfo, load_causal_lm, pick_dtype
 from tuneforge.models.quantize import four_bit_config
 from tuneforge.models.resolve import resolve
+from tuneforge.train.allocator import return_freed_memory
 
 
 def seed_everything(seed: int) -> None:
@@ -29,6 +30,8 @@ def build_model(config: RunConfig, device: torch.device, checkpoint: Path | None
     keeps the frozen base in bf16 to halve its memory while peft keeps adapters in fp32, and
     QLoRA (model.quantize: 4bit) keeps it in 4-bit NF4, a quarter of bf16.
     """
+    if device.type == "cpu":
+        return_freed_memory()  # activations are freed every step; keep the process from hoarding them
     base_dir = resolve(config.model.name)
     info = ModelInfo(base_model=config.model.name, method=config.method)
     dtype = pick_dtype(config.model.dtype, device)
