@@ -1,0 +1,153 @@
+"""The FastAPI app: routes, OpenAI-style error bodies, the guard (body size, API keys), metrics, lifespan.
+
+The engine thread starts with the app and, at shutdown, drains: uvicorn first stops accepting
+connections and lets in-flight responses (streams included) finish, then the engine finishes
+whatever it still holds before the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+
+from tuneforge.serve.auth import KeyCheck
+from tuneforge.serve.completions import CHAT_PATH, COMPLETIONS_PATH, ServerState
+from tuneforge.serve.engine import Engine
+from tuneforge.serve.errors import ApiError, validation_error
+from tuneforge.serve.metrics import ServerMetrics
+from tuneforge.serve.options import ServeOptions
+from tuneforge.serve.routes import router
+from tuneforge.serve.served import Served
+
+log = logging.getLogger("tuneforge.serve")
+ENDPOINTS = {CHAT_PATH, COMPLETIONS_PATH, "/v1/models", "/health", "/metrics", "/"}
+
+
+def create_app(served: Served, options: ServeOptions) -> FastAPI:
+    engine = Engine(served.model, served.tokenizer, options.max_batch_size, options.batching)
+    state = ServerState(served, engine, options, ServerMetrics(engine))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine.start()
+        yield
+        if not await asyncio.to_thread(engine.shutdown, options.request_timeout_s):
+            log.warning("shutdown: generation still running after %s s; exiting anyway", options.request_timeout_s)
+
+    app = FastAPI(title="tuneforge", summary="OpenAI-compatible server for tuneforge models", lifespan=lifespan,
+                  docs_url="/docs", redoc_url=None)
+    app.state.server = state
+    app.include_router(router)
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, internal_error)
+    app.add_middleware(Guard, keys=KeyCheck(options.api_keys), max_body_bytes=options.max_body_bytes)
+    app.add_middleware(Metered, metrics=state.metrics)  # outermost: sees the guard's refusals too
+    return app
+
+
+async def api_error(request, exc: ApiError):
+    return exc.response()
+
+
+async def invalid_request(request, exc: RequestValidationError):
+    return validation_error(exc.errors()).response()
+
+
+async def http_error(request, exc: HTTPException):
+    kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    return ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code=kind).response()
+
+
+async def internal_error(request, exc: Exception):
+    log.exception("unhandled error on %s", request.url.path)
+    return ApiError(500, f"Internal server error: {type(exc).__name__}", type="server_error").response()
+
+
+class Guard:
+    """Refuses before the body is parsed: 401 without a valid API key on /v1, 413 for an oversized body."""
+
+    def __init__(self, app, keys: KeyCheck, max_body_bytes: int):
+        self.app, self.keys, self.limit = app, keys, max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            if scope["path"].startswith("/v1/"):
+                self.keys(headers.get("authorization"))
+            if scope["method"] == "POST":
+                receive = await self.buffered_body(headers.get("content-length"), receive)
+        except ApiError as exc:
+            return await exc.response()(scope, receive, send)
+        await self.app(scope, receive, send)
+
+    async def buffered_body(self, length: str | None, receive):
+        """Read the body up to the limit (a chunked body has no length to check first), then replay it."""
+        if length and length.isdigit() and int(length) > self.limit:
+            raise too_large(self.limit)
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                raise too_large(self.limit)
+            if not message.get("more_body", False):
+                break
+
+        async def replay():
+            return messages.pop(0) if messages else await receive()
+
+        return replay
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, f"The request body is larger than this server's limit of {limit} bytes",
+                    code="request_too_large")
+
+
+class Metered:
+    """Counts requests by endpoint and status and times them to their last byte (streams included)."""
+
+    def __init__(self, app, metrics: ServerMetrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
+        started, status, recorded = time.monotonic(), [500], [False]
+
+        def finish():
+            if not recorded[0]:
+                recorded[0] = True
+                self.record(endpoint, status[0], started)
+
+        async def timed_send(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                finish()
+
+        try:
+            await self.app(scope, receive, timed_send)
+        finally:  # also a stream the client left early, or an error with no response sent
+            finish()
+
+    def record(self, endpoint: str, status: int, started: float) -> None:
+        self.metrics.requests.labels(endpoint, str(status)).inc()
+        self.metrics.latency.labels(endpoint).observe(time.monotonic() - started)
+        if status >= 400:
+            self.metrics.errors.labels(endpoint, str(status)).inc()

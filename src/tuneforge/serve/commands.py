@@ -1,0 +1,99 @@
+"""`tuneforge serve`: its command-line options, and starting uvicorn on the app."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+
+from tuneforge.errors import ConfigError
+from tuneforge.serve.options import API_KEYS_ENV, ServeOptions, api_keys_from
+
+DEFAULTS = ServeOptions()
+
+
+def add_serve_parser(commands) -> None:
+    serve = commands.add_parser(
+        "serve", help="serve a model over an OpenAI-compatible HTTP API",
+        description="Serve a model (a run directory, checkpoint, local model directory, hub id, .gguf file or "
+        "embedded:smollm2-135m-instruct) over an OpenAI-compatible API: /v1/chat/completions, /v1/completions "
+        "(streaming too), /v1/models, /health, /metrics (Prometheus) and a chat page at /. Concurrent requests "
+        "are decoded together in shared batches. A LoRA run serves its adapter under MODEL_OR_RUN and the base "
+        "model under its own name; --adapter adds more adapters, each addressable by name. Ctrl-C or SIGTERM "
+        "finishes the requests in flight, then exits.")
+    serve.add_argument("model", metavar="MODEL_OR_RUN")
+    serve.add_argument("--adapter", dest="adapters", action="append", default=[], metavar="NAME=PATH",
+                       help="also serve a LoRA adapter (a run dir, checkpoint or adapter dir) as model NAME (repeatable)")
+    serve.add_argument("--served-model-name", metavar="NAME", help="the main model's name in the API (default: MODEL_OR_RUN)")
+    serve.add_argument("--host", default=DEFAULTS.host, help=f"address to listen on (default {DEFAULTS.host}; "
+                       "0.0.0.0 for every interface)")
+    serve.add_argument("--port", type=int, default=DEFAULTS.port, help=f"default {DEFAULTS.port}")
+    serve.add_argument("--api-key", dest="api_keys", action="append", default=[], metavar="KEY",
+                       help=f"require 'Authorization: Bearer KEY' (repeatable; also from ${API_KEYS_ENV}, "
+                       "comma-separated, which keeps keys out of the process list)")
+    serve.add_argument("--max-prompt-tokens", type=int, metavar="N", default=DEFAULTS.max_prompt_tokens,
+                       help=f"longer prompts get 400 (default {DEFAULTS.max_prompt_tokens})")
+    serve.add_argument("--max-new-tokens", type=int, metavar="N", default=DEFAULTS.max_new_tokens,
+                       help=f"the most a request may ask for, and the default (default {DEFAULTS.max_new_tokens})")
+    serve.add_argument("--max-concurrent", type=int, metavar="N", default=DEFAULTS.max_concurrent,
+                       help=f"requests in flight; more get 429 (default {DEFAULTS.max_concurrent})")
+    serve.add_argument("--request-timeout", type=float, default=DEFAULTS.request_timeout_s, metavar="SECONDS",
+                       help=f"unfinished requests get 503 after this (default {DEFAULTS.request_timeout_s:g})")
+    serve.add_argument("--max-batch-size", type=int, metavar="N", default=DEFAULTS.max_batch_size,
+                       help=f"sequences decoded together (default {DEFAULTS.max_batch_size})")
+    serve.add_argument("--no-batching", dest="batching", action="store_false",
+                       help="decode one request at a time (for comparison)")
+    serve.add_argument("--threads", type=int, metavar="N",
+                       help="CPU threads for torch (default: one per core; on a busy machine 1 can be much faster)")
+
+
+def options_from(args: argparse.Namespace) -> ServeOptions:
+    try:
+        return ServeOptions(
+            host=args.host, port=args.port, api_keys=api_keys_from(args.api_keys),
+            max_prompt_tokens=args.max_prompt_tokens, max_new_tokens=args.max_new_tokens,
+            max_concurrent=args.max_concurrent, request_timeout_s=args.request_timeout,
+            max_batch_size=args.max_batch_size, batching=args.batching,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"tuneforge serve: {exc}") from exc
+
+
+def run_serve(args: argparse.Namespace, console: Console) -> int:
+    import uvicorn
+
+    from tuneforge.serve.app import create_app
+    from tuneforge.serve.served import load_served, parse_adapter_flag
+
+    options = options_from(args)
+    adapters = [parse_adapter_flag(flag) for flag in args.adapters]
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    console.print(f"loading {args.model} ...")
+    served = load_served(args.model, adapters, args.served_model_name)
+    for warning in served.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    app = create_app(served, options)
+    console.print(describe(served, options), highlight=False)
+    config = uvicorn.Config(app, host=options.host, port=options.port, log_level="info",
+                            timeout_graceful_shutdown=int(options.request_timeout_s) + 5)
+    uvicorn.Server(config).run()
+    return 0
+
+
+def describe(served, options: ServeOptions) -> str:
+    url = f"http://{options.host}:{options.port}"
+    lines = [f"models: {', '.join(served.names)}",
+             f"OpenAI base URL: {url}/v1    chat page: {url}/    metrics: {url}/metrics"]
+    if options.api_keys:
+        lines.append(f"API keys: {len(options.api_keys)} configured")
+    else:
+        lines.append("API keys: none (anyone who can reach the port can use it; see --api-key)")
+    batching = f"up to {options.max_batch_size} sequences per step" if options.batching else "off (one request at a time)"
+    lines.append(f"batching: {batching}; limits: prompt {options.max_prompt_tokens} tokens, {options.max_new_tokens} "
+                 f"new tokens, {options.max_concurrent} requests in flight, {options.request_timeout_s:g} s timeout")
+    return "\n".join(lines)

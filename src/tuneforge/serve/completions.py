@@ -1,0 +1,250 @@
+"""From an OpenAI request to engine requests, and from engine events to an answer or a stream of chunks.
+
+Prompts are tokenized here, on the web thread, so the limits (prompt tokens, max_tokens, the
+model's context) are checked before anything is queued and a refusal costs no generation.
+Chat prompts are rendered with the tokenizer's chat template (with the generation prompt); the
+engine stops at the model's end-of-turn tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+
+from tuneforge.models.generate import render_prompt
+from tuneforge.serve import errors
+from tuneforge.serve.engine import Delta, Done, Engine, EngineClosed, Failed, Request, SamplingParams, asyncio_sink
+from tuneforge.serve.errors import ApiError
+from tuneforge.serve.metrics import ServerMetrics
+from tuneforge.serve.options import ServeOptions
+from tuneforge.serve.protocol import (
+    AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChoiceDelta,
+    ChunkChoice, Completion, CompletionChoice, CompletionRequest, ErrorResponse, Usage, new_id, now,
+)
+from tuneforge.serve.served import Served
+
+CHAT_PATH = "/v1/chat/completions"
+COMPLETIONS_PATH = "/v1/completions"
+
+
+@dataclass
+class ServerState:
+    """Everything a route needs, held by the app (app.state.server)."""
+
+    served: Served
+    engine: Engine
+    options: ServeOptions
+    metrics: ServerMetrics
+    in_flight: int = 0
+
+
+@dataclass
+class Job:
+    """One API request, tokenized and checked, ready for the engine."""
+
+    endpoint: str
+    model: str
+    adapter: str | None
+    prompts: list[list[int]]
+    params: SamplingParams
+    n: int
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def choices(self) -> int:
+        return len(self.prompts) * self.n
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(p) for p in self.prompts)
+
+
+def chat_job(body: ChatCompletionRequest, state: ServerState) -> Job:
+    model, adapter = pick_model(body.model, state.served)
+    tokenizer = state.served.tokenizer
+    if not getattr(tokenizer, "chat_template", None):
+        raise ApiError(400, f"The model '{model}' has no chat template; use /v1/completions", param="model",
+                       code="no_chat_template")
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+    try:
+        text = render_prompt(tokenizer, messages)
+    except Exception as exc:  # the template's own checks (e.g. roles must alternate) raise arbitrary errors
+        raise ApiError(400, f"The model's chat template refused these messages: {exc}", param="messages") from exc
+    prompt = tokenizer.encode(text, add_special_tokens=False)
+    return Job(CHAT_PATH, model, adapter, [prompt], sampling(body, [prompt], state), body.n)
+
+
+def completion_job(body: CompletionRequest, state: ServerState) -> Job:
+    model, adapter = pick_model(body.model, state.served)
+    prompts = [state.served.tokenizer.encode(p) for p in body.prompts()]
+    return Job(COMPLETIONS_PATH, model, adapter, prompts, sampling(body, prompts, state), body.n)
+
+
+def pick_model(name: str | None, served: Served) -> tuple[str, str | None]:
+    name = name or served.default
+    if name not in served.names:
+        raise errors.unknown_model(name, list(served.names))
+    return name, served.names[name].adapter
+
+
+def sampling(body: ChatCompletionRequest | CompletionRequest, prompts: list[list[int]], state: ServerState) -> SamplingParams:
+    options, context = state.options, state.served.context_length
+    longest = max(len(p) for p in prompts)
+    if longest > options.max_prompt_tokens:
+        raise ApiError(400, f"The prompt has {longest} tokens; this server takes at most {options.max_prompt_tokens}",
+                       param="messages" if isinstance(body, ChatCompletionRequest) else "prompt",
+                       code="context_length_exceeded")
+    if min(len(p) for p in prompts) == 0:
+        raise ApiError(400, "A prompt is empty", param="prompt")
+    requested = body.requested_tokens()
+    if requested is not None and requested > options.max_new_tokens:
+        raise ApiError(400, f"max_tokens is {requested}; this server generates at most {options.max_new_tokens}",
+                       param="max_tokens", code="max_tokens_exceeded")
+    max_tokens = requested or body.default_tokens(options.max_new_tokens)
+    if context is not None and longest + max_tokens > context:
+        if requested is not None or longest >= context:
+            raise ApiError(400, f"The prompt ({longest} tokens) plus max_tokens ({max_tokens}) exceeds the model's "
+                           f"context of {context} tokens", param="max_tokens", code="context_length_exceeded")
+        max_tokens = context - longest
+    rows = len(prompts) * body.n
+    if rows > options.max_batch_size:
+        raise ApiError(400, f"n x prompts is {rows}; this server decodes at most {options.max_batch_size} sequences "
+                       "per request", param="n")
+    return SamplingParams(max_tokens, body.temperature, body.top_p, body.stop_strings_tuple(), body.seed)
+
+
+class Generation:
+    """A job in the engine: its requests (one per prompt) and the queue their events arrive on.
+
+    Holds one of the server's in-flight places from `start` to `close`; over the limit it is a 429.
+    """
+
+    def __init__(self, job: Job, state: ServerState):
+        self.job, self.state = job, state
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.requests: list[Request] = []
+        self.first_token_at: float | None = None
+        self.counted = False
+
+    def start(self) -> None:
+        state = self.state
+        if state.in_flight >= state.options.max_concurrent:
+            raise errors.busy(state.options.max_concurrent)
+        sink = asyncio_sink(self.queue)
+        job = self.job
+        self.requests = [Request(p, job.params, sink, job.n, job.adapter, first_choice=i * job.n)
+                         for i, p in enumerate(job.prompts)]
+        state.in_flight += 1
+        self.counted = True
+        state.metrics.in_flight.inc()
+        try:
+            for request in self.requests:
+                state.engine.submit(request)
+        except EngineClosed:
+            self.close()
+            raise errors.shutting_down() from None
+        state.metrics.prompt_tokens.labels(job.model).inc(job.prompt_tokens)
+
+    def close(self) -> None:
+        """Cancel whatever still runs and give the in-flight place back (idempotent)."""
+        for request in self.requests:
+            request.cancel()
+        if self.counted:
+            self.counted = False
+            self.state.in_flight -= 1
+            self.state.metrics.in_flight.dec()
+
+    async def events(self) -> AsyncIterator[Delta | Done]:
+        """Events until every choice is done; ApiError on timeout (503) or a failed forward pass (500)."""
+        deadline = self.job.started + self.state.options.request_timeout_s
+        remaining_choices = self.job.choices
+        while remaining_choices:
+            try:
+                event = await asyncio.wait_for(self.queue.get(), max(deadline - time.monotonic(), 0.001))
+            except TimeoutError:
+                raise errors.timed_out(self.state.options.request_timeout_s) from None
+            if isinstance(event, Failed):
+                raise ApiError(500, event.message, type="server_error", code="generation_failed")
+            if self.first_token_at is None:
+                self.first_token_at = time.monotonic()
+                self.state.metrics.first_token.labels(self.job.endpoint).observe(self.first_token_at - self.job.started)
+            if isinstance(event, Done):
+                remaining_choices -= 1
+                self.state.metrics.completion_tokens.labels(self.job.model).inc(event.completion_tokens)
+            yield event
+
+
+async def answer(job: Job, state: ServerState, echo: list[str] | None = None) -> BaseModel:
+    """The whole answer at once (stream: false)."""
+    generation = Generation(job, state)
+    generation.start()
+    texts = [""] * job.choices
+    reasons, tokens = ["stop"] * job.choices, 0
+    try:
+        async for event in generation.events():
+            if isinstance(event, Delta):
+                texts[event.choice] += event.text
+            else:
+                reasons[event.choice], tokens = event.finish_reason, tokens + event.completion_tokens
+    finally:
+        generation.close()
+    usage = Usage.of(job.prompt_tokens, tokens)
+    if job.endpoint == CHAT_PATH:
+        choices = [ChatChoice(index=i, message=AssistantMessage(content=t), finish_reason=r)
+                   for i, (t, r) in enumerate(zip(texts, reasons))]
+        return ChatCompletion(id=new_id("chatcmpl"), created=now(), model=job.model, choices=choices, usage=usage)
+    prefix = [echo[i // job.n] if echo else "" for i in range(job.choices)]
+    choices = [CompletionChoice(index=i, text=prefix[i] + t, finish_reason=r)
+               for i, (t, r) in enumerate(zip(texts, reasons))]
+    return Completion(id=new_id("cmpl"), created=now(), model=job.model, choices=choices, usage=usage)
+
+
+def sse(payload: BaseModel | str) -> str:
+    return f"data: {payload if isinstance(payload, str) else payload.model_dump_json()}\n\n"
+
+
+async def stream(generation: Generation, include_usage: bool, echo: list[str] | None = None) -> AsyncIterator[str]:
+    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`; errors arrive as an error event.
+
+    `generation` is already started, so a refusal (429, 503) is an HTTP error before the stream begins.
+    """
+    job = generation.job
+    chat = job.endpoint == CHAT_PATH
+    ident, created = new_id("chatcmpl" if chat else "cmpl"), now()
+
+    def chunk(index: int, text: str | None, reason: str | None = None, role: bool = False) -> BaseModel:
+        if chat:
+            delta = ChoiceDelta(role="assistant" if role else None, content=text)
+            return ChatCompletionChunk(id=ident, created=created, model=job.model,
+                                       choices=[ChunkChoice(index=index, delta=delta, finish_reason=reason)])
+        return Completion(id=ident, created=created, model=job.model,
+                          choices=[CompletionChoice(index=index, text=text or "", finish_reason=reason)])
+
+    tokens = 0
+    try:
+        for index in range(job.choices):
+            if chat:
+                yield sse(chunk(index, "", role=True))
+            elif echo:
+                yield sse(chunk(index, echo[index // job.n]))
+        async for event in generation.events():
+            if isinstance(event, Delta):
+                yield sse(chunk(event.choice, event.text))
+            else:
+                tokens += event.completion_tokens
+                yield sse(chunk(event.choice, None if chat else "", event.finish_reason))
+        if include_usage:
+            usage = Usage.of(job.prompt_tokens, tokens)
+            final = (ChatCompletionChunk(id=ident, created=created, model=job.model, choices=[], usage=usage) if chat
+                     else Completion(id=ident, created=created, model=job.model, choices=[], usage=usage))
+            yield sse(final)
+    except ApiError as exc:
+        generation.state.metrics.errors.labels(job.endpoint, str(exc.status)).inc()  # after a 200 began the stream
+        yield sse(ErrorResponse(error=exc.detail))
+    finally:
+        generation.close()
+    yield sse("[DONE]")

@@ -1,0 +1,60 @@
+"""Prometheus metrics of the server: requests, errors, latency, tokens in and out, queue depth, batching.
+
+Each app gets its own registry (several servers may live in one process, as in the tests);
+the engine's gauges and step counters are read at scrape time, so serving never waits on them.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+
+
+class EngineCollector:
+    """Counters the engine keeps itself (it runs in its own thread and knows nothing of Prometheus)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def collect(self):
+        stats = self.engine.stats
+        yield CounterMetricFamily("tuneforge_decode_steps", "Decode steps run (one shared forward pass each)",
+                                  value=stats.decode_steps)
+        yield CounterMetricFamily("tuneforge_decoded_rows", "Sequences decoded, summed over steps (/ steps = mean batch size)",
+                                  value=stats.decoded_rows)
+        yield CounterMetricFamily("tuneforge_prefills", "Prefill passes (newly admitted requests together)",
+                                  value=stats.prefills)
+        yield CounterMetricFamily("tuneforge_generated_tokens", "Tokens generated, including those of requests "
+                                  "cancelled later", value=stats.generated_tokens)
+        yield CounterMetricFamily("tuneforge_engine_failures", "Forward passes that raised; their requests got errors",
+                                  value=stats.failures)
+
+
+class ServerMetrics:
+    def __init__(self, engine):
+        disable_created_metrics()  # no `_created` series beside every counter: half the text, nothing lost
+        self.registry = CollectorRegistry()
+        self.requests = Counter("tuneforge_requests", "HTTP requests by endpoint and status code",
+                                ["endpoint", "status"], registry=self.registry)
+        self.errors = Counter("tuneforge_request_errors", "Requests answered with an error (status >= 400, or an error "
+                              "event in a stream), by endpoint and status", ["endpoint", "status"], registry=self.registry)
+        self.latency = Histogram("tuneforge_request_latency_seconds", "Time from request to the last byte of the answer",
+                                 ["endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.first_token = Histogram("tuneforge_time_to_first_token_seconds", "Time from request to the first generated text",
+                                     ["endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.prompt_tokens = Counter("tuneforge_prompt_tokens", "Prompt tokens of admitted requests (tokens in)",
+                                     ["model"], registry=self.registry)
+        self.completion_tokens = Counter("tuneforge_completion_tokens", "Generated tokens (tokens out)",
+                                         ["model"], registry=self.registry)
+        self.in_flight = Gauge("tuneforge_requests_in_flight", "Generation requests admitted and not yet answered",
+                               registry=self.registry)
+        Gauge("tuneforge_queue_depth", "Requests waiting to join the running batch",
+              registry=self.registry).set_function(lambda: engine.queue_depth)
+        Gauge("tuneforge_running_sequences", "Sequences in the running batch",
+              registry=self.registry).set_function(lambda: engine.running)
+        self.registry.register(EngineCollector(engine))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,37 @@
+"""The server's settings: where it listens, who may call it, and the limits every request meets."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+API_KEYS_ENV = "TUNEFORGE_API_KEYS"  # comma-separated; added to any --api-key given
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: tuple[str, ...] = ()  # empty: no authentication
+    max_prompt_tokens: int = 2048
+    max_new_tokens: int = 512  # the most a request may ask for, and what it gets when it names no max_tokens
+    max_concurrent: int = 64  # requests in flight (running or waiting); more get 429
+    request_timeout_s: float = 300.0  # a request still unanswered after this gets 503 and is cancelled
+    max_batch_size: int = 16  # sequences decoded together in one forward pass
+    batching: bool = True  # False: one request at a time (the baseline the load benchmark compares with)
+    max_body_bytes: int = 1 << 20  # larger request bodies get 413
+
+    def __post_init__(self) -> None:
+        for name in ("max_prompt_tokens", "max_new_tokens", "max_concurrent", "max_batch_size", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.request_timeout_s <= 0:
+            raise ValueError(f"request_timeout_s must be positive, got {self.request_timeout_s}")
+
+
+def api_keys_from(flags: list[str], environ: dict[str, str] | None = None) -> tuple[str, ...]:
+    """Keys from repeated --api-key flags plus the TUNEFORGE_API_KEYS variable, which keeps them out of `ps`."""
+    environ = os.environ if environ is None else environ
+    from_env = [key.strip() for key in environ.get(API_KEYS_ENV, "").split(",")]
+    keys = [key.strip() for key in flags] + from_env
+    return tuple(dict.fromkeys(key for key in keys if key))

@@ -1,0 +1,150 @@
+"""Server test fixtures: the tiny random model served in-process (uvicorn in a thread) on a free loopback port."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pytest
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP threads contend (100x slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_served(tiny_model):
+    from tuneforge.serve.served import load_served
+
+    return load_served(str(tiny_model))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Live:
+    url: str
+    server: object  # uvicorn.Server
+    thread: threading.Thread
+    state: object  # completions.ServerState
+
+    @property
+    def engine(self):
+        return self.state.engine
+
+    def client(self, key: str = "unused", timeout: float = 30):
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=timeout)
+
+    def post(self, path: str, body=None, key: str | None = None, content: bytes | None = None, timeout: float = 30):
+        data = content if content is not None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return http(urllib.request.Request(self.url + path, data=data, headers=headers, method="POST"), timeout)
+
+    def get(self, path: str, key: str | None = None):
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return http(urllib.request.Request(self.url + path, headers=headers), 30)
+
+
+@dataclass
+class Raw:
+    """A raw HTTP response (the standard library's, so no HTTP client beyond `openai` is needed)."""
+
+    status_code: int
+    headers: object  # email.message.Message: case-insensitive get
+    text: str
+
+    def json(self):
+        return json.loads(self.text)
+
+
+def http(request: urllib.request.Request, timeout: float) -> Raw:
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return Raw(response.status, response.headers, response.read().decode())
+    except urllib.error.HTTPError as error:
+        with error:
+            return Raw(error.code, error.headers, error.read().decode())
+
+
+@contextmanager
+def running(served, **options) -> Iterator[Live]:
+    """A server on a free loopback port for the duration of the block; stopped (gracefully) afterwards."""
+    import uvicorn
+
+    from tuneforge.serve.app import create_app
+    from tuneforge.serve.options import ServeOptions
+
+    options = ServeOptions(port=free_port(), **options)
+    app = create_app(served, options)
+    config = uvicorn.Config(app, host="127.0.0.1", port=options.port, log_level="info", log_config=None,
+                            timeout_graceful_shutdown=10)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield Live(f"http://127.0.0.1:{options.port}", server, thread, app.state.server)
+    finally:
+        server.should_exit = True
+        thread.join(20)
+
+
+@contextmanager
+def gated(engine) -> Iterator[threading.Event]:
+    """Hold every forward pass of `engine` until the yielded event is set (at the latest when the block ends)."""
+    gate = threading.Event()
+    forward = engine._forward
+
+    def wait_then_forward(*args, **kwargs):
+        gate.wait(30)
+        return forward(*args, **kwargs)
+
+    engine._forward = wait_then_forward
+    try:
+        yield gate
+    finally:
+        gate.set()
+
+
+def wait_until(condition, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+def sse_payloads(text: str) -> list[dict]:
+    """The JSON payloads of a server-sent-event body; asserts it ends with `data: [DONE]`."""
+    events = [block for block in text.split("\n\n") if block.strip()]
+    assert events[-1] == "data: [DONE]", events[-1]
+    assert all(block.startswith("data: ") for block in events)
+    return [json.loads(block.removeprefix("data: ")) for block in events[:-1]]
+
+
+def chat(content: str, **fields) -> dict:
+    return {"messages": [{"role": "user", "content": content}], **fields}
