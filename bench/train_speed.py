@@ -8,7 +8,7 @@ template, written to one temporary `messages` JSONL) with the same LoRA (r=16, a
 weight decay 0, grad-norm clip 1.0, seed 42), batch (4 examples, grad_accum 1, padded to the
 longest in the batch, max length 1024, no packing, no padding-free batches) and number of
 optimizer steps; fp32 on CPU; on CUDA both train a bf16 base with bf16 autocast (tuneforge's
-default there).  Only training runs: no replay, evaluation, general check or periodic checkpoints
+default there).  Only training runs: no replay, evaluation, general check, pre-flight estimate or periodic checkpoints
 (tuneforge still saves its final adapter after the loop, outside the timed span).
 
 First, in this process, the machine's matmul peak: a 2048x2048 fp32 matmul in a loop (8192x8192, and bf16, on
@@ -228,7 +228,7 @@ def child_tuneforge(args) -> dict:
         f"train.seed={SEED}", "model.dtype=auto",
         f"lora.r={LORA['r']}", f"lora.alpha={LORA['alpha']}", f"lora.dropout={LORA['dropout']}",
         f"lora.target_modules={LORA['target_modules']}",
-        "train.gradient_checkpointing=false",
+        "train.gradient_checkpointing=false", "train.preflight=off",
         "eval.general_check=false", "eval.prompts=null", "eval.every_steps=null", "checkpoint.every_steps=null",
         *args.tuneforge_set,
     ]

@@ -27,6 +27,10 @@ examples:
   tuneforge data prepare my_run.yaml
   tuneforge eval runs/quickstart --data examples/identity/validation.jsonl --gate "token_f1 >= base + 0.1"
   tuneforge compare embedded:smollm2-135m-instruct runs/quickstart --data examples/identity/validation.jsonl --report reports/compare
+  tuneforge export runs/quickstart --to exports/quickstart --merge
+  tuneforge serve runs/quickstart --port 8000
+  tuneforge train configs/classify-quickstart.yaml
+  tuneforge predict runs/classify-quickstart examples/intents/test.jsonl --out predictions.jsonl
 """
 
 
@@ -52,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config value, e.g. train.max_steps=20 (repeatable)")
     train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run in output_dir")
+    train.add_argument("--nproc", type=int, default=1, metavar="N",
+                       help="train in N processes (DDP; one per GPU on CUDA, gloo on CPU); the batch per step "
+                       "becomes batch_size x grad_accum x N. Same as: accelerate launch --multi_gpu --num_processes N "
+                       "-m tuneforge.cli train ..., or torchrun --nproc-per-node N -m tuneforge.cli train ...")
 
     search = commands.add_parser(
         "tune",
@@ -112,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--max-new-tokens", type=int, default=64)
     compare.add_argument("--limit", type=int, help="the first N records only")
 
+    from tuneforge.deploy.commands import add_export_parser
+
+    add_export_parser(commands)
+    from tuneforge.serve.commands import add_serve_parser
+
+    add_serve_parser(commands)
+    from tuneforge.classify.predict import add_predict_parser
+
+    add_predict_parser(commands)
+
     data = commands.add_parser("data", help="inspect or prepare data", description="Inspect or prepare data.")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     inspect = data_commands.add_parser(
@@ -166,6 +184,18 @@ def main(argv: list[str] | None = None) -> int:
                 options = EvalOptions(args.model, args.data, args.config, args.metrics, args.gates, args.base,
                                       args.out, args.limit, args.max_new_tokens, args.batch_size)
                 return run_eval(options, console)
+            case "export":
+                from tuneforge.deploy.commands import run_export
+
+                return run_export(args, console)
+            case "predict":
+                from tuneforge.classify.predict import run_predict
+
+                return run_predict(args, console)
+            case "serve":
+                from tuneforge.serve.commands import run_serve
+
+                return run_serve(args, console)
             case "compare":
                 from tuneforge.evaluate.commands import run_compare
 
@@ -184,6 +214,18 @@ def run_train(args, console: Console) -> int:
     from tuneforge.config import load_config
 
     config = load_config(args.config, args.overrides)  # fails here, before anything heavy is imported
+    if config.task == "classify":
+        from tuneforge.classify.train import train_command
+
+        return train_command(config, args.config, args.resume, args.overwrite, args.nproc, console)
+    from tuneforge.train.distributed import is_main_process, launch, launched
+
+    if args.nproc != 1 and not launched():
+        argv = ["train", str(args.config), *[f"--set={item}" for item in args.overrides],
+                *(["--resume"] if args.resume else []), *(["--overwrite"] if args.overwrite else [])]
+        return launch(argv, args.nproc)
+    if not is_main_process():
+        console = Console(stderr=True, quiet=True)  # errors still print (main() has its own console)
     from tuneforge.train.loop import train
 
     result = train(config, resume=args.resume, overwrite=args.overwrite, console=console)

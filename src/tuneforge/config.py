@@ -170,6 +170,9 @@ class TrainConfig(Section):
     max_grad_norm: float | None = Field(1.0, gt=0)
     seed: int = 42
     log_every: int = Field(1, ge=1)
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads for torch (default: one per core); small models on a busy CPU run faster on 1"
+    )
     kl_to_base: float = Field(
         0.0, ge=0.0, description="weight of KL(base || tuned) on replay tokens; lora only, needs data.replay"
     )
@@ -239,6 +242,34 @@ def each_checked(check, items: list[str]) -> list[str]:
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
     return items
+
+
+class ClassifyConfig(Section):
+    """Settings of `task: classify`: a classification head on the model, trained on text + label records."""
+
+    multi_label: bool | None = Field(
+        None, description="several labels per text (sigmoid + threshold); default: true when the data's labels are lists"
+    )
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="multi-label: a label is predicted at this probability")
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="balanced: weight each class's loss by records / (classes x its records), for imbalanced data"
+    )
+    labels: list[str] | None = Field(
+        None, min_length=2, description="the label set, in this order; default: every training label, sorted"
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _distinct_labels(cls, labels: list[str] | None) -> list[str] | None:
+        if labels is not None:
+            labels = [str(label).strip() for label in labels]
+            repeated = sorted({label for label in labels if labels.count(label) > 1})
+            if repeated or not all(labels):
+                raise ValueError(f"labels must be distinct, non-empty names (repeated: {repeated or 'an empty name'})")
+        return labels
+
+
+CLASSIFY_BEST_METRICS = ("eval_loss", "accuracy", "macro_f1")
 
 
 class CheckpointConfig(Section):
@@ -328,12 +359,16 @@ class TuneConfig(Section):
 class RunConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig
+    task: Literal["chat", "classify"] = Field(
+        "chat", description="chat: train replies (causal LM); classify: a classification head on text + label records"
+    )
     method: Literal["lora", "full"] = "lora"
     lora: LoraConfig = Field(default_factory=LoraConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     tune: TuneConfig | None = Field(None, description="a hyperparameter search over this run (tuneforge tune)")
+    classify: ClassifyConfig = Field(default_factory=ClassifyConfig, description="settings of task: classify")
     output_dir: Path = Path("runs/run")
 
     @model_validator(mode="after")
@@ -353,6 +388,24 @@ class RunConfig(Section):
         problem = quantization_problem()
         if problem:
             raise ValueError(f"model.quantize {problem}")
+        return self
+
+    @model_validator(mode="after")
+    def _classify_settings_fit_the_task(self) -> RunConfig:
+        if self.task != "classify":
+            if self.classify != ClassifyConfig():
+                raise ValueError("classify applies to task: classify (set task: classify, or remove the section)")
+            return self
+        unused = [("data.replay", self.data.replay is not None), ("data.packing", self.data.packing),
+                  ("model.quantize", self.model.quantize is not None), ("tune", self.tune is not None)]
+        for key, given in unused:
+            if given:
+                raise ValueError(f"{key} is not supported with task: classify; remove it")
+        if self.data.format not in ("auto", "classification"):
+            raise ValueError(f"data.format must be auto or classification with task: classify, got {self.data.format!r}")
+        if self.eval.best_metric.removeprefix("eval_") not in ("loss", "accuracy", "macro_f1"):
+            raise ValueError(f"eval.best_metric must be one of {', '.join(CLASSIFY_BEST_METRICS)} with task: classify, "
+                             f"got {self.eval.best_metric!r}")
         return self
 
     @model_validator(mode="after")

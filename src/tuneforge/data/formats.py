@@ -367,11 +367,24 @@ def from_text(value: dict, source: str, roles: dict[str, str]) -> Record:
 
 def from_classification(value: dict, source: str, roles: dict[str, str]) -> Record:
     label = value.get("label")
+    if isinstance(label, str) and label.lstrip().startswith("["):  # a CSV cell may hold a JSON list
+        try:
+            parsed = json.loads(label)
+        except json.JSONDecodeError:
+            parsed = None  # a class named like "[urgent]"
+        label = parsed if isinstance(parsed, list) else label
+    text = text_field(value, "text", True)
+    if isinstance(label, list):  # multi-label: every class that applies, possibly none
+        return Record((), source, "classification", text=text, label=tuple(sorted({class_name(x) for x in label})))
+    return Record((), source, "classification", text=text, label=class_name(label))
+
+
+def class_name(label: object) -> str:
     if isinstance(label, (int, float)) and not isinstance(label, bool):
         label = str(label)
     if not isinstance(label, (str, bool)) or (isinstance(label, str) and not label.strip()):
         raise ValueError(f"'label' must be a class name (string or number), got {label!r}")
-    return Record((), source, "classification", text=text_field(value, "text", True), label=str(label).strip())
+    return str(label).strip()
 
 
 @dataclass(frozen=True)

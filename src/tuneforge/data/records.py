@@ -42,7 +42,8 @@ class Record:
     tools: str | None = None  # JSON text of the tool schemas offered to the model
     chosen: tuple[Message, ...] = ()  # preference: the preferred reply
     rejected: tuple[Message, ...] = ()  # preference: the rejected reply
-    label: bool | str | None = None  # feedback: whether the reply is desirable; classification: the class
+    # feedback: whether the reply is desirable; classification: the class, or (multi-label) the sorted classes
+    label: bool | str | tuple[str, ...] | None = None
     text: str = ""  # text and classification records
 
     def as_dicts(self) -> list[dict]:

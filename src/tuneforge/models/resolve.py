@@ -23,6 +23,8 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # org/name, or a legacy
 def resolve(reference: str) -> Path:
     if reference.startswith(embedded.PREFIX):
         model = embedded.lookup(reference.removeprefix(embedded.PREFIX))
+        if model.model_dir:
+            return embedded.model_dir_path(model)
         cached = paths.models_cache() / model.name
         if not is_model_dir(cached):
             import_gguf(embedded.gguf_path(model), cached)

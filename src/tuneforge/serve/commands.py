@@ -73,6 +73,12 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    from tuneforge.classify.model import is_classifier
+
+    if is_classifier(args.model):
+        from tuneforge.classify.route import serve_classifier
+
+        return serve_classifier(args.model, args.served_model_name, options, console, args.adapters)
     console.print(f"loading {args.model} ...")
     served = load_served(args.model, adapters, args.served_model_name)
     for warning in served.warnings:

@@ -5,6 +5,10 @@ and only then named by `checkpoints/latest` (itself replaced atomically).  A pro
 at any moment leaves `latest` pointing at a complete checkpoint.  Besides the model it holds
 optimizer, scheduler, RNG states and the data position, which is all a resumed run needs
 to produce the same losses as one that was never interrupted.
+
+A checkpoint does not depend on the number of processes that wrote it: the weights and optimizer
+state are whole (gathered from FSDP shards when sharded), the data position counts batches of the
+epoch order, and rng.pt holds one RNG state per rank (a resumed rank takes its own, or rank 0's).
 """
 
 from __future__ import annotations
@@ -37,15 +41,23 @@ def checkpoint_root(run_dir: Path) -> Path:
     return run_dir / "checkpoints"
 
 
-def save_model(model, tokenizer, info: ModelInfo, directory: Path) -> None:
-    """Adapter only for LoRA (peft's format), full safetensors weights otherwise; plus tokenizer."""
+def save_model(model, tokenizer, info: ModelInfo, directory: Path, weights: dict | None = None) -> None:
+    """Adapter only for LoRA (peft's format), full safetensors weights otherwise; plus tokenizer.
+
+    `weights`: the whole state dict when `model` holds only a shard of it (FSDP).
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
+    model.save_pretrained(directory, **({"state_dict": weights} if weights is not None else {}))
     tokenizer.save_pretrained(directory)
     info.write(directory)
 
 
-def save_checkpoint(run_dir: Path, state: TrainState, model, tokenizer, info: ModelInfo, optimizer, scheduler, keep_last: int) -> Path:
+def save_checkpoint(
+    run_dir: Path, state: TrainState, model, tokenizer, info: ModelInfo, optimizer, scheduler, keep_last: int,
+    rng: list[dict] | None = None, weights: dict | None = None, optimizer_state: dict | None = None,
+) -> Path:
+    """`rng`: every rank's RNG states (default: this process's); `weights`, `optimizer_state`: whole
+    states gathered from FSDP shards (default: the model's and optimizer's own)."""
     root = checkpoint_root(run_dir)
     name = checkpoint_name(state.step)
     final = root / name
@@ -54,10 +66,10 @@ def save_checkpoint(run_dir: Path, state: TrainState, model, tokenizer, info: Mo
     tmp = root / f".tmp-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_model(model, tokenizer, info, tmp / "model")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    save_model(model, tokenizer, info, tmp / "model", weights)
+    torch.save(optimizer_state if optimizer_state is not None else optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(rng_states(), tmp / "rng.pt")
+    torch.save(rng if rng is not None else [rng_states()], tmp / "rng.pt")
     (tmp / STATE).write_text(json.dumps(asdict(state), indent=2))  # written last: marks completeness
     fsync_tree(tmp)
     shutil.rmtree(final, ignore_errors=True)
@@ -83,11 +95,32 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
-def load_training_state(checkpoint: Path, optimizer, scheduler) -> TrainState:
-    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=False))
-    restore_rng(torch.load(checkpoint / "rng.pt", weights_only=False))
+def read_state(checkpoint: Path) -> TrainState:
     return TrainState(**json.loads((checkpoint / STATE).read_text()))
+
+
+def load_training_state(checkpoint: Path, optimizer, scheduler, rank: int = 0, fsdp_model=None) -> TrainState:
+    """Optimizer, scheduler and this rank's RNG state; `fsdp_model`: the sharded model the optimizer belongs to."""
+    optimizer_state = torch.load(checkpoint / "optimizer.pt", weights_only=False)
+    if fsdp_model is not None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(fsdp_model, optimizer.optimizer, optimizer_state,
+                                 options=StateDictOptions(full_state_dict=True))
+    else:
+        optimizer.load_state_dict(optimizer_state)
+    scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=False))
+    states = torch.load(checkpoint / "rng.pt", weights_only=False)
+    restore_rng(states if isinstance(states, dict) else states[rank if rank < len(states) else 0])
+    return read_state(checkpoint)
+
+
+def full_optimizer_state(model, optimizer) -> dict:
+    """The optimizer state of a sharded (FSDP) model, whole and keyed by parameter name, on every rank."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer.optimizer, options=StateDictOptions(full_state_dict=True,
+                                                                                         cpu_offload=True))
 
 
 def rng_states() -> dict:

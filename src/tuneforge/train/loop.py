@@ -2,8 +2,17 @@
 
 Read it top to bottom like nanoGPT's: `train()` prepares a run directory, the model and the
 data, then `for step ...` does one optimizer step over `grad_accum` micro-batches.  accelerate
-owns devices, mixed precision and (later) multi-process training; the loop owns everything a
-user can observe (order of batches, logged numbers, checkpoints), so resume is exact.
+owns devices, mixed precision and multi-process training; the loop owns everything a user can
+observe (order of batches, logged numbers, checkpoints), so resume is exact.
+
+With N processes (`--nproc N`, `accelerate launch`, `torchrun`) one optimizer step takes
+`grad_accum x N` batches of the seeded epoch order and each rank trains its consecutive share
+of `grad_accum` of them; the loss is divided by the global count of trained tokens, so the
+update is the one a single process makes with `grad_accum x N` (tests/train/test_distributed.py).
+The checkpoint counts batches of the order, not steps per rank, so a run resumes on any
+number of processes where it stopped.  Only rank 0 writes files; the others wait at a barrier
+and read what it wrote (the replay mix).  Every decision that ends the loop (a signal, a stop
+callback, early stopping) is made the same on all ranks, or one would wait forever for the rest.
 """
 
 from __future__ import annotations
@@ -32,7 +41,11 @@ from tuneforge.evaluate.evaluator import forgetting_warning
 from tuneforge.evaluate.loss import validation_loss
 from tuneforge.models.tokenizer import training_tokenizer
 from tuneforge.train import checkpoint as ckpt
+from tuneforge.train import preflight
 from tuneforge.train.checkpoint import TrainState
+from tuneforge.train.distributed import (
+    any_rank, from_main, full_state_dict, gather_object, is_fsdp, make_accelerator, rank_share, trains_nothing,
+)
 from tuneforge.train.loss import loss_sum
 from tuneforge.train.metrics import MetricsLog, plot_losses, read_metrics
 from tuneforge.train.progress import TrainProgress
@@ -51,8 +64,11 @@ class TrainResult:
     eval_loss_after: float | None
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
-    """The checkpoint to resume from, if any; refuses to clobber an existing run by accident."""
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, accelerator=None) -> Path | None:
+    """The checkpoint to resume from, if any; refuses to clobber an existing run by accident.
+
+    Every rank looks before rank 0 clears an overwritten run, so all of them take the same decision.
+    """
     checkpoint = ckpt.latest_checkpoint(run_dir) if run_dir.is_dir() else None
     if resume:
         return checkpoint
@@ -63,7 +79,12 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None
             "or set output_dir to a new directory"
         )
     if has_run:
-        shutil.rmtree(run_dir)
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
+        if accelerator is None or accelerator.is_main_process:
+            shutil.rmtree(run_dir)
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
     return None
 
 
@@ -78,45 +99,56 @@ def train(
     """Run (or resume) a fine-tune.  `stop(state)` after each step and `on_eval(step, eval_loss)` after
     each periodic validation may return True to end the run early with a checkpoint (a hyperparameter
     search prunes trials through `on_eval`); the result's `interrupted_by` is then "stop"."""
-    from accelerate import Accelerator
-
-    console = console or Console(stderr=True)
+    cfg = config.train
+    accelerator = make_accelerator(cfg.distributed)
+    main, rank, processes = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+    console = (console or Console(stderr=True)) if main else Console(quiet=True)
     run_dir = config.output_dir
-    checkpoint = prepare_run_dir(run_dir, resume, overwrite)
+    checkpoint = prepare_run_dir(run_dir, resume, overwrite, accelerator)
     if resume and checkpoint is None:
         console.print(f"no checkpoint in {run_dir}; starting from step 0")
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg = config.train
     seed_everything(cfg.seed)
 
-    # Data first, with the tokenizer alone: a bad record stops the run before the model loads.
-    tokenizer, stop_ids = training_tokenizer(config.model.name, config.data.template)
-    data = prepare(config.data, tokenizer, stop_ids, cfg.max_seq_length, cfg.seed)
-    use_cuda = torch.cuda.is_available()
-    accelerator = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if use_cuda else "no")
+    # Data first, with the tokenizer alone: a bad record stops the run before the model loads.  Rank 0
+    # fills the caches (an imported model, tokenized data) before the other ranks read them.
+    with accelerator.main_process_first():
+        tokenizer, stop_ids = training_tokenizer(config.model.name, config.data.template)
+        data = prepare(config.data, tokenizer, stop_ids, cfg.max_seq_length, cfg.seed)
+    use_cuda = accelerator.device.type == "cuda"
     model, info, base_dir = build_model(config, accelerator.device, checkpoint)
-    (run_dir / "config.yaml").write_text(dump_config(config))
+    if main:
+        (run_dir / "config.yaml").write_text(dump_config(config))
     sets = before_after.probe_sets(config.eval)
     general_text = before_after.general_text(config.eval)
     resuming = checkpoint is not None  # only then are the replay mix and base answers in run_dir reused
-    if config.data.replay or sets:
-        console.print("base-model answers for replay and checks (generated once, then cached) ...")
-    with untouched(model, trained=resuming) as base:
-        if config.data.replay:
-            mix = replay_mix(config.data.replay, len(data.train), cfg.seed, run_dir, resuming, base, tokenizer, base_dir)
-            add_replay(data, mix, tokenizer, stop_ids, cfg.max_seq_length)
-        for probe_set in sets:
-            before_after.answer_with_base(
-                probe_set, run_dir, resuming, base, tokenizer, base_dir, config.eval.max_new_tokens
-            )
-        before_after.perplexity_with_base(run_dir, resuming, base, tokenizer, general_text, config.eval.batch_size)
-    (run_dir / "data_manifest.json").write_text(json.dumps(data.manifest.as_dict(), indent=2))
-    if data.directory is not None:
-        shutil.copyfile(data.directory / "report.json", run_dir / "data_report.json")
+    mix = None
+    if main:  # the base model's answers are generated once, by rank 0
+        if config.data.replay or sets:
+            console.print("base-model answers for replay and checks (generated once, then cached) ...")
+        with untouched(model, trained=resuming) as base:
+            if config.data.replay:
+                mix = replay_mix(config.data.replay, len(data.train), cfg.seed, run_dir, resuming, base, tokenizer,
+                                 base_dir)
+            for probe_set in sets:
+                before_after.answer_with_base(
+                    probe_set, run_dir, resuming, base, tokenizer, base_dir, config.eval.max_new_tokens
+                )
+            before_after.perplexity_with_base(run_dir, resuming, base, tokenizer, general_text, config.eval.batch_size)
+    accelerator.wait_for_everyone()
+    if config.data.replay:
+        if mix is None:  # rank 0 saved the mix in run_dir: the other ranks read that file
+            mix = replay_mix(config.data.replay, len(data.train), cfg.seed, run_dir, True, None, tokenizer, base_dir)
+        add_replay(data, mix, tokenizer, stop_ids, cfg.max_seq_length)
+    if main:
+        (run_dir / "data_manifest.json").write_text(json.dumps(data.manifest.as_dict(), indent=2))
+        if data.directory is not None:
+            shutil.copyfile(data.directory / "report.json", run_dir / "data_report.json")
     report_data(console, data, model)
 
     units, lengths = training_units(data, config.data.packing, cfg.max_seq_length)
     mask_dtype = torch.bfloat16 if use_cuda else torch.float32
+    pad_id = tokenizer.pad_token_id
 
     def batch_of(ids: list[int]) -> dict[str, torch.Tensor]:
         if config.data.packing:
@@ -124,19 +156,26 @@ def train(
         return collate([data.train[i] for i in ids], pad_id)
 
     batches_per_epoch = math.ceil(len(lengths) / cfg.batch_size)
-    steps = total_steps(cfg, batches_per_epoch)
+    batches_per_step = cfg.grad_accum * processes  # of the epoch order, all ranks together
+    steps = total_steps(cfg.model_copy(update={"grad_accum": batches_per_step}), batches_per_epoch)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, steps)
+    state = ckpt.read_state(checkpoint) if checkpoint else TrainState()
+    plan = None
+    if cfg.preflight != "off" and state.step < steps:
+        plan = preflight.check(config, model, accelerator, console, lengths, batch_of, state, batches_per_epoch,
+                               batches_per_step, steps)
+        if main:
+            plan.write(run_dir)
     model, optimizer = accelerator.prepare(model, optimizer)
     adapter_model = accelerator.unwrap_model(model) if cfg.kl_to_base > 0 else None
-    state = ckpt.load_training_state(checkpoint, optimizer, scheduler) if checkpoint else TrainState()
     if checkpoint:
+        state = ckpt.load_training_state(checkpoint, optimizer, scheduler, rank, model if is_fsdp(accelerator) else None)
         console.print(f"resuming from {checkpoint} (step {state.step}/{steps})")
-    metrics = MetricsLog(run_dir, resume_step=state.step if checkpoint else None)
+    metrics = MetricsLog(run_dir, resume_step=state.step if checkpoint else None) if main else NoMetrics()
     scored_examples = validation_examples(config) if config.eval.every_steps else []
     best = BestCheckpoint.read(ckpt.checkpoint_root(run_dir), metric_key(config.eval.best_metric),
                                config.eval.early_stopping_patience)
-    pad_id = tokenizer.pad_token_id
 
     def evaluate() -> float | None:
         if not data.validation:
@@ -144,15 +183,16 @@ def train(
         return validation_loss(model, data.validation, config.eval.batch_size, pad_id, accelerator.autocast)
 
     def validate() -> dict[str, float]:
-        """Validation loss and, with examples to answer, the generation metrics of eval.metrics."""
+        """Validation loss and, with examples to answer, the generation metrics of eval.metrics (rank 0's
+        figures, on every rank: decisions taken on them must agree)."""
         loss = evaluate()
         values = {} if loss is None else {"eval_loss": loss}
-        if scored_examples:
+        if scored_examples and (main or is_fsdp(accelerator)):  # a sharded model generates on all ranks at once
             model.eval()
             values |= answer_metrics(accelerator.unwrap_model(model), tokenizer, scored_examples,
                                      config.eval.metrics, config.eval.max_new_tokens)
             model.train()
-        return values
+        return from_main(accelerator, values)
 
     if state.step == 0:
         before = evaluate()
@@ -167,14 +207,17 @@ def train(
     with stop_on_signals() as signal_stop:
         while state.step < steps:
             order = epoch_batches(lengths, cfg.batch_size, cfg.seed, state.epoch)
-            window = order[state.batch_in_epoch : state.batch_in_epoch + cfg.grad_accum]
+            window = order[state.batch_in_epoch : state.batch_in_epoch + batches_per_step]
             if not window:
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
                 continue
-            micro_batches = [batch_of(ids) for ids in window]
+            share = rank_share(window, rank, cfg.grad_accum)
+            # A rank left without a batch at the end of an epoch still joins the gradient all-reduce,
+            # with a batch that trains nothing.
+            micro_batches = [batch_of(ids) for ids in share] or [trains_nothing(batch_of(window[0]))]
             loss, kl, grad_norm, tokens = optimizer_step(
                 model, optimizer, micro_batches, accelerator, cfg.max_grad_norm, cfg.kl_to_base, adapter_model,
-                cfg.chunked_loss,
+                cfg.chunked_loss, counted=bool(share),
             )
             scheduler.step()
             state.step += 1
@@ -199,7 +242,8 @@ def train(
                     metrics.log(state.step, **values)
                     if best.improved(state.step, values):
                         save(run_dir, state, model, tokenizer, info, optimizer, scheduler, config, accelerator)
-                        best.write(ckpt.checkpoint_root(run_dir), ckpt.checkpoint_name(state.step))
+                        if main:
+                            best.write(ckpt.checkpoint_root(run_dir), ckpt.checkpoint_name(state.step))
                     if on_eval and "eval_loss" in values and on_eval(state.step, values["eval_loss"]):
                         interrupted_by = "stop"
                         break
@@ -210,10 +254,12 @@ def train(
             every = config.checkpoint.every_steps
             if every and state.step % every == 0 and state.step < steps:
                 save(run_dir, state, model, tokenizer, info, optimizer, scheduler, config, accelerator)
-            if signal_stop or (stop and stop(state)):
+            if any_rank(accelerator, bool(signal_stop) or bool(stop and stop(state))):
                 interrupted_by = signal_stop.signal_name or "stop"
                 break
     progress.close()
+    if plan is not None:
+        preflight.record_peak(plan, accelerator, run_dir, state.tokens_seen - tokens_at_start, started)
 
     if interrupted_by:
         save(run_dir, state, model, tokenizer, info, optimizer, scheduler, config, accelerator)
@@ -224,9 +270,16 @@ def train(
     if after is not None:
         metrics.log(state.step, eval_loss=after)
     save(run_dir, state, model, tokenizer, info, optimizer, scheduler, config, accelerator)
-    save_final(run_dir, accelerator.unwrap_model(model), tokenizer, info)
+    weights = full_state_dict(accelerator, model)
+    if not main:
+        return TrainResult(run_dir, state, steps, None, None, after)
+    save_final(run_dir, accelerator.unwrap_model(model), tokenizer, info, weights)
     metrics.close()
     plot_losses(run_dir)
+    if is_fsdp(accelerator):  # rank 0 answers alone: with the whole model, not its shard
+        from tuneforge.models.load import load_for_inference
+
+        model = load_for_inference(str(run_dir / "final"))[0]
     model.eval()
     tuned_answers = {
         probe_set.key: before_after.answer_with_tuned(probe_set, run_dir, model, tokenizer, config.eval.max_new_tokens)
@@ -246,18 +299,30 @@ def train(
     return TrainResult(run_dir, state, steps, None, first_eval_loss(run_dir), after)
 
 
-def optimizer_step(
-    model, optimizer, micro_batches, accelerator, max_grad_norm, kl_weight=0.0, adapter_model=None, chunked=False
-) -> tuple[float, float, float, int]:
-    """One update over a window of micro-batches.
+class NoMetrics:
+    """What ranks other than 0 log into: only rank 0 writes metrics.jsonl and TensorBoard."""
 
-    Returns (cross-entropy per trained token, KL to base per trained token, grad norm, tokens).
+    def log(self, step: int, **values: float) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def optimizer_step(
+    model, optimizer, micro_batches, accelerator, max_grad_norm, kl_weight=0.0, adapter_model=None, chunked=False,
+    counted=True,
+) -> tuple[float, float, float, int]:
+    """One update over this rank's micro-batches; `counted=False` for a stand-in that trains nothing.
+
+    Returns (cross-entropy per trained token, KL to base per trained token, grad norm, tokens), all ranks' together.
     """
     device = accelerator.device
     micro_batches = [{k: v.to(device) for k, v in b.items()} for b in micro_batches]
-    local_count = torch.tensor(sum(label_count(b["labels"]) for b in micro_batches), device=device)
+    tokens = sum((b["tokens"] if "tokens" in b else b["attention_mask"]).sum() for b in micro_batches) if counted else 0
+    local = torch.tensor([sum(label_count(b["labels"]) for b in micro_batches), int(tokens)], device=device)
     # Every process divides by the global count; DDP averages gradients, hence * num_processes.
-    global_count = accelerator.reduce(local_count, reduction="sum").item()
+    global_count, global_tokens = accelerator.reduce(local, reduction="sum").tolist()
     scale = accelerator.num_processes / max(global_count, 1)
     total_ce = total_kl = 0.0
     for index, batch in enumerate(micro_batches):
@@ -268,30 +333,38 @@ def optimizer_step(
         accelerator.backward(loss)
         total_ce += cross_entropy.item() * scale
         total_kl += kl.item() * scale
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    parameters = list(model.parameters())  # all of them: FSDP computes the global norm only over the whole model
     if max_grad_norm:
-        grad_norm = float(accelerator.clip_grad_norm_(trainable, max_grad_norm))
+        grad_norm = float(accelerator.clip_grad_norm_(parameters, max_grad_norm))
     else:
-        grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in trainable if p.grad is not None])))
+        grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in parameters if p.grad is not None])))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    tokens = int(sum((b["tokens"] if "tokens" in b else b["attention_mask"]).sum() for b in micro_batches))
-    return total_ce / accelerator.num_processes, total_kl / accelerator.num_processes, grad_norm, tokens
+    processes = accelerator.num_processes
+    sums = torch.tensor([total_ce, total_kl], dtype=torch.float64, device=device) / processes
+    total_ce, total_kl = (accelerator.reduce(sums, reduction="sum") if processes > 1 else sums).tolist()
+    return total_ce, total_kl, grad_norm, int(global_tokens)
 
 
 def save(run_dir, state, model, tokenizer, info, optimizer, scheduler, config, accelerator) -> None:
+    """A checkpoint that any number of processes can resume: rank 0 writes the full weights, optimizer
+    and scheduler states, and every rank's RNG state; the others wait until it is complete."""
+    rng = gather_object([ckpt.rng_states()], accelerator)
+    fsdp = is_fsdp(accelerator)
+    weights = full_state_dict(accelerator, model)
+    optimizer_state = ckpt.full_optimizer_state(model, optimizer) if fsdp else None
     if accelerator.is_main_process:
         ckpt.save_checkpoint(
             run_dir, state, accelerator.unwrap_model(model), tokenizer, info, optimizer, scheduler,
-            config.checkpoint.keep_last,
+            config.checkpoint.keep_last, rng=rng, weights=weights, optimizer_state=optimizer_state,
         )
     accelerator.wait_for_everyone()
 
 
-def save_final(run_dir: Path, model, tokenizer, info) -> None:
+def save_final(run_dir: Path, model, tokenizer, info, weights: dict | None = None) -> None:
     tmp, final = run_dir / ".final.tmp", run_dir / "final"
     shutil.rmtree(tmp, ignore_errors=True)
-    ckpt.save_model(model, tokenizer, info, tmp)
+    ckpt.save_model(model, tokenizer, info, tmp, weights)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
 

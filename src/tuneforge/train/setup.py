@@ -32,6 +32,8 @@ def build_model(config: RunConfig, device: torch.device, checkpoint: Path | None
     """
     if device.type == "cpu":
         return_freed_memory()  # activations are freed every step; keep the process from hoarding them
+        if config.train.threads:
+            torch.set_num_threads(config.train.threads)
     base_dir = resolve(config.model.name)
     info = ModelInfo(base_model=config.model.name, method=config.method)
     dtype = pick_dtype(config.model.dtype, device)

@@ -1,0 +1,100 @@
+"""`tuneforge predict MODEL FILE`: a trained classifier's label(s) and class probabilities for every text of a file.
+
+FILE is read by the data readers (JSONL, JSON, CSV/TSV, Parquet; a `text` field, or another named
+with --text-key), or is a .txt file with one text a line.  When every record also has a label,
+the predictions are scored (accuracy, macro-F1) with the same report as training's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from tuneforge.errors import ConfigError, DataError
+
+
+def add_predict_parser(commands) -> None:
+    predict = commands.add_parser(
+        "predict", help="label texts with a classifier (task: classify)",
+        description="Label every text of FILE with a classifier trained with task: classify (a run directory, its "
+        "final/ or a checkpoint). Writes one JSON line per text: its source (file:line), the label (or, multi-label, "
+        "the labels at the threshold) and every class's probability. When the records carry labels too, prints "
+        "accuracy and macro-F1.")
+    predict.add_argument("model", metavar="MODEL_OR_RUN")
+    predict.add_argument("file", type=Path, metavar="FILE",
+                         help="JSONL, JSON, CSV/TSV or Parquet records with a 'text' field; or .txt, one text a line")
+    predict.add_argument("--out", type=Path, metavar="FILE", help="write the JSONL here (default: standard output)")
+    predict.add_argument("--text-key", default="text", metavar="KEY", help="the field holding the text (default: text)")
+    predict.add_argument("--batch-size", type=int, default=32, metavar="N")
+    predict.add_argument("--threshold", type=float, metavar="P", help="multi-label: override the saved threshold")
+
+
+def read_texts(path: Path, text_key: str = "text") -> tuple[list[str], list, list[str]]:
+    """(texts, labels or None each, sources) of a file; DataError naming every bad record."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    if path.suffix.lower() == ".txt":
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        kept = [(number, line.strip()) for number, line in enumerate(lines, 1) if line.strip()]
+        if not kept:
+            raise DataError(f"{path}: no texts")
+        return [text for _, text in kept], [None] * len(kept), [f"{path}:{number}" for number, _ in kept]
+    from tuneforge.data.formats import Mapping, read_records
+
+    records = read_records(path, "auto", Mapping(columns={"text": text_key} if text_key != "text" else {}))
+    wrong = [r for r in records if r.kind not in ("text", "classification")]
+    if wrong:
+        raise DataError(f"{wrong[0].source}: a {wrong[0].kind} record; predict needs a '{text_key}' field "
+                        f"({len(wrong)} such record(s))")
+    return ([r.text for r in records], [r.label if r.kind == "classification" else None for r in records],
+            [r.source for r in records])
+
+
+def run_predict(args, console: Console) -> int:
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.threshold is not None and not 0 < args.threshold < 1:
+        raise ConfigError(f"--threshold must be between 0 and 1, got {args.threshold}")
+    texts, references, sources = read_texts(args.file, args.text_key)  # before the model: bad input fails fast
+    from tuneforge.classify.model import load_classifier
+
+    classifier = load_classifier(args.model)
+    predictions = classifier.classify(texts, args.batch_size, args.threshold)
+    lines = [json.dumps({"source": source, "text": text, **prediction.as_dict()}, ensure_ascii=False) + "\n"
+             for source, text, prediction in zip(sources, texts, predictions)]
+    if args.out:
+        write_atomic(args.out, "".join(lines))
+    else:
+        sys.stdout.writelines(lines)
+        sys.stdout.flush()
+    console.print(f"{len(predictions)} prediction(s)" + (f" -> {args.out}" if args.out else ""))
+    if all(reference is not None for reference in references):
+        from tuneforge.classify.scores import score
+
+        try:
+            for reference, source in zip(references, sources):
+                classifier.labels.check(reference, source)
+        except DataError as exc:
+            console.print(f"not scored against the file's labels: {exc}", highlight=False)
+            return 0
+        report = score([p.label for p in predictions], references, classifier.labels)
+        console.print(f"against the file's labels: accuracy {report['accuracy']:.3f}, macro-F1 {report['macro_f1']:.3f}")
+    return 0
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write beside the target, then rename: an interrupted write leaves the old file as it was."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
