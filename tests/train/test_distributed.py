@@ -84,6 +84,18 @@ def test_two_processes_train_like_one_with_twice_the_accumulation(twenty_records
     assert done.stdout.count("done: 5 steps") + done.stderr.count("done: 5 steps") == 1  # printed by rank 0 only
 
 
+def test_accelerate_launch_runs_the_same_training(twenty_records, tmp_path, one_thread):
+    single = train(load_config(twenty_records(**{"train.grad_accum": 2}, output_dir=str(tmp_path / "one"))))
+    path = twenty_records(**{"train.grad_accum": 1}, output_dir=str(tmp_path / "accelerate"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                           "-m", "tuneforge.cli", "train", str(path)], env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_curve(curve(tmp_path / "accelerate"), curve(single.run_dir))  # accelerate's own launcher
+
+
 def test_checkpoint_of_two_processes_resumes_on_one(twenty_records, tmp_path, one_thread):
     reference = train(load_config(twenty_records(**{"train.grad_accum": 2}, output_dir=str(tmp_path / "reference"))))
     path = twenty_records(**{"train.grad_accum": 1, "train.max_steps": 2}, output_dir=str(tmp_path / "moved"))
