@@ -9,21 +9,26 @@ from tuneforge.train.loop import train
 import pytest
 
 
+def flat_score(prediction: str, reference: str) -> float:
+    """A metric that never improves, whatever the tiny model answers (a custom module:function metric)."""
+    return 0.0
+
+
 def test_early_stopping_on_a_flat_metric_keeps_the_best_checkpoint(run_config):
-    # A random tiny model never answers right: token_f1 is 0 at every evaluation, so the first is the
-    # best and, with patience 1, the second ends the run.
-    config = run_config(**{"train.max_steps": 20, "eval.every_steps": 2, "eval.metrics": ["token_f1"],
-                           "eval.best_metric": "token_f1", "eval.early_stopping_patience": 1,
+    # The metric is 0 at every evaluation, so the first is the best and, with patience 1, the second
+    # ends the run.
+    config = run_config(**{"train.max_steps": 20, "eval.every_steps": 2, "eval.metrics": [f"{__name__}:flat_score"],
+                           "eval.best_metric": "flat_score", "eval.early_stopping_patience": 1,
                            "eval.max_new_tokens": 4, "eval.general_check": False,
                            "checkpoint.every_steps": 1, "checkpoint.keep_last": 1})
     result = train(load_config(config))
     assert result.interrupted_by is None and result.state.step == 4
     best = json.loads((result.run_dir / "checkpoints" / "best.json").read_text())
-    assert best["checkpoint"] == "step-000002" and best["metric"] == "eval_token_f1" and best["value"] == 0.0
+    assert best["checkpoint"] == "step-000002" and best["metric"] == "eval_flat_score" and best["value"] == 0.0
     kept = sorted(p.name for p in (result.run_dir / "checkpoints").glob("step-*"))
     assert kept == ["step-000002", "step-000004"]  # keep_last 1, plus the best
     logged = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in logged if "eval_token_f1" in m] == [2, 4]
+    assert [m["step"] for m in logged if "eval_flat_score" in m] == [2, 4]
     assert (result.run_dir / "final").is_dir()
 
 

@@ -17,6 +17,7 @@ from tuneforge.config import RunConfig
 from tuneforge.data.formats import read_records
 from tuneforge.errors import ConfigError
 from tuneforge.evaluate.evaluator import EvalExample, eval_examples, score
+from tuneforge.evaluate.metrics import generation_metric
 from tuneforge.models.generate import Sampling, generate_completions
 
 BEST = "best.json"
@@ -78,7 +79,8 @@ def validation_examples(config: RunConfig) -> list[EvalExample]:
     tokenized data only), unless the best checkpoint is judged by a metric, which then needs them."""
     metric = metric_key(config.eval.best_metric)
     by_metric = metric not in LOWER_IS_BETTER
-    if by_metric and metric.removeprefix("eval_") not in {*config.eval.metrics, "accuracy", "macro_f1"}:
+    named = {generation_metric(name).name for name in config.eval.metrics}  # module:function is named by its function
+    if by_metric and metric.removeprefix("eval_") not in {*named, "accuracy", "macro_f1"}:
         raise ConfigError(f"eval.best_metric: {config.eval.best_metric} is not one of eval.metrics ({', '.join(config.eval.metrics)})")
     if not config.eval.metrics:
         return []
