@@ -80,3 +80,10 @@ def test_cli_reports_config_error_without_traceback(run_config, capsys):
     err = capsys.readouterr().err
     assert "warmup_ratoi" in err and "warmup_ratio" in err
     assert "Traceback" not in err
+
+
+def test_bare_off_in_yaml_is_the_word_off(run_config):
+    path = run_config()
+    path.write_text(path.read_text().replace("train:\n", "train:\n  preflight: off\n", 1))
+    assert load_config(path).train.preflight == "off"
+    assert load_config(run_config(), ["train.preflight=off"]).train.preflight == "off"

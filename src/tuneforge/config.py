@@ -189,6 +189,12 @@ class TrainConfig(Section):
         False, description="on CUDA, Liger's Triton kernels (RMSNorm, SwiGLU, RoPE) if installed; slower in bench/RESULTS.md"
     )
 
+    @field_validator("preflight", mode="before")
+    @classmethod
+    def _preflight_words(cls, value: Any) -> Any:
+        """YAML reads a bare `off` as false (and `on` as true): take those as the words they were."""
+        return {False: "off", True: "refuse"}.get(value, value) if isinstance(value, bool) else value
+
 
 class EvalConfig(Section):
     every_steps: int | None = Field(None, ge=1, description="validation loss cadence; also at start and end")
