@@ -184,6 +184,9 @@ class TrainConfig(Section):
     preflight: Literal["refuse", "warn", "off"] = Field(
         "refuse", description="memory/time estimate before training: refuse (or only warn about) a run that cannot fit"
     )
+    return_freed_memory: bool = Field(
+        False, description="CPU: hand freed activation memory back to the system at once: lower peak RSS, slower steps"
+    )
     compile: bool = Field(False, description="torch.compile each decoder layer (one compile, reused); see bench/RESULTS.md")
     fused_kernels: bool = Field(
         False, description="on CUDA, Liger's Triton kernels (RMSNorm, SwiGLU, RoPE) if installed; slower in bench/RESULTS.md"

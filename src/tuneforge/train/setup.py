@@ -31,7 +31,8 @@ def build_model(config: RunConfig, device: torch.device, checkpoint: Path | None
     QLoRA (model.quantize: 4bit) keeps it in 4-bit NF4, a quarter of bf16.
     """
     if device.type == "cpu":
-        return_freed_memory()  # activations are freed every step; keep the process from hoarding them
+        if config.train.return_freed_memory:
+            return_freed_memory()  # lower peak RSS, slower steps: see train/allocator.py
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
     base_dir = resolve(config.model.name)
