@@ -5,15 +5,13 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import threading
-import time
 import urllib.request
 from contextlib import contextmanager
 
 import pytest
 from rich.console import Console
 
-from tests.serve.conftest import free_port, http
+from tests.serve.conftest import free_port, http, server_thread
 from tuneforge.classify.model import load_classifier
 from tuneforge.classify.predict import add_predict_parser, run_predict
 from tuneforge.errors import DataError, ModelError
@@ -80,25 +78,13 @@ def test_predict_refuses_bad_input_and_keeps_an_existing_output(trained_bert, tm
 
 @contextmanager
 def serving(classifier, **options):
-    import uvicorn
-
     from tuneforge.classify.route import ServedClassifier, create_classify_app
     from tuneforge.serve.options import ServeOptions
 
     options = ServeOptions(port=free_port(), **options)
     app = create_classify_app(ServedClassifier(classifier, "runs/intents", "/somewhere"), options)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=options.port, log_config=None))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
+    with server_thread(app, options.port):
         yield f"http://127.0.0.1:{options.port}"
-    finally:
-        server.should_exit = True
-        thread.join(20)
 
 
 def post(url: str, body: dict, key: str | None = None):

@@ -91,16 +91,21 @@ def http(request: urllib.request.Request, timeout: float) -> Raw:
 @contextmanager
 def running(served, **options) -> Iterator[Live]:
     """A server on a free loopback port for the duration of the block; stopped (gracefully) afterwards."""
-    import uvicorn
-
     from tuneforge.serve.app import create_app
     from tuneforge.serve.options import ServeOptions
 
     options = ServeOptions(port=free_port(), **options)
     app = create_app(served, options)
-    config = uvicorn.Config(app, host="127.0.0.1", port=options.port, log_level="info", log_config=None,
-                            timeout_graceful_shutdown=10)
-    server = uvicorn.Server(config)
+    with server_thread(app, options.port, log_level="info", timeout_graceful_shutdown=10) as (server, thread):
+        yield Live(f"http://127.0.0.1:{options.port}", server, thread, app.state.server)
+
+
+@contextmanager
+def server_thread(app, port: int, **config) -> Iterator[tuple]:
+    """(uvicorn server, its thread): `app` served on a loopback port in a thread, started before the block."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, **config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -108,7 +113,7 @@ def running(served, **options) -> Iterator[Live]:
         assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
         time.sleep(0.02)
     try:
-        yield Live(f"http://127.0.0.1:{options.port}", server, thread, app.state.server)
+        yield server, thread
     finally:
         server.should_exit = True
         thread.join(20)
