@@ -36,6 +36,7 @@ class Served:
     context_length: int | None
     created: int = field(default_factory=now)
     warnings: list[str] = field(default_factory=list)
+    version: str | None = None  # the registry version being served (serving an alias), else None
 
     def cards(self) -> list[ModelCard]:
         return [ModelCard(id=n.id, created=self.created, root=n.root, parent=n.parent) for n in self.names.values()]

@@ -1,0 +1,1 @@
+"""Model versions, lineage and aliases (production, staging); retraining from production."""
