@@ -31,6 +31,24 @@ class ModelConfig(Section):
     quantize: Literal["4bit"] | None = Field(
         None, description="4bit: QLoRA, the frozen base in 4-bit NF4 (bitsandbytes, CUDA only; method lora)"
     )
+    init_from: Path | None = Field(
+        None, description="start from a fine-tune's weights (a run directory, checkpoint or saved model) rather than "
+        "name's; name stays the base model it was trained from (a LoRA start keeps its adapter's r, alpha, modules)"
+    )
+
+    @field_validator("init_from")
+    @classmethod
+    def _holds_a_fine_tune(cls, path: Path | None) -> Path | None:
+        if path is None:
+            return None
+        from tuneforge.errors import ModelError
+        from tuneforge.models.load import saved_fine_tune
+
+        try:
+            saved_fine_tune(path)
+        except ModelError as exc:
+            raise ValueError(str(exc)) from None
+        return path.resolve()
 
 
 def existing_file(path: Path | None) -> Path | None:
@@ -114,6 +132,10 @@ class DataConfig(Section):
     val_split: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of train held out when no validation files")
     test_split: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of train held out when no test files")
     packing: bool = Field(False, description="pack several examples into each sequence (no attention across them)")
+    split_long_texts: bool = Field(
+        False, description="cut text records longer than train.max_seq_length into consecutive blocks (continued "
+        "pretraining; on by default with task: pretrain) instead of rejecting them"
+    )
     clean: CleanConfig = Field(default_factory=CleanConfig)
     replay: ReplayConfig | None = Field(None, description="mix general data into training against forgetting")
 
@@ -279,6 +301,7 @@ class ClassifyConfig(Section):
 
 
 CLASSIFY_BEST_METRICS = ("eval_loss", "accuracy", "macro_f1")
+PRETRAIN_BEST_METRICS = ("eval_loss", "eval_perplexity")
 
 
 class CheckpointConfig(Section):
@@ -368,8 +391,9 @@ class TuneConfig(Section):
 class RunConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig
-    task: Literal["chat", "classify"] = Field(
-        "chat", description="chat: train replies (causal LM); classify: a classification head on text + label records"
+    task: Literal["chat", "classify", "pretrain"] = Field(
+        "chat", description="chat: train replies (causal LM); classify: a classification head on text + label records; "
+        "pretrain: continued pretraining on plain text (every token trained, packed)"
     )
     method: Literal["lora", "full"] = "lora"
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -418,6 +442,53 @@ class RunConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _pretrain_settings_fit_the_task(self) -> RunConfig:
+        if self.task != "pretrain":
+            if self.data.split_long_texts and self.data.format not in ("auto", "text"):
+                raise ValueError("data.split_long_texts cuts text records; it does not apply to data.format "
+                                 f"{self.data.format!r}")
+            return self
+        if self.data.format not in ("auto", "text"):
+            raise ValueError(f"data.format must be auto or text with task: pretrain, got {self.data.format!r}")
+        chat_only = [("data.replay", self.data.replay is not None), ("eval.prompts", self.eval.prompts is not None)]
+        for key, given in chat_only:
+            if given:
+                raise ValueError(f"{key} is a chat setting (it generates replies); remove it with task: pretrain")
+        if self.eval.best_metric not in PRETRAIN_BEST_METRICS:
+            raise ValueError(f"eval.best_metric must be one of {', '.join(PRETRAIN_BEST_METRICS)} with task: "
+                             f"pretrain, got {self.eval.best_metric!r}")
+        if not self.data.validation and not self.data.val_split:
+            raise ValueError("data.validation task: pretrain reports perplexity on held-out text: name held-out files "
+                             "in data.validation or set data.val_split")
+        for key in ("packing", "split_long_texts"):  # what pretraining wants, unless the run file says otherwise
+            if key not in self.data.model_fields_set:
+                object.__setattr__(self.data, key, True)
+        return self
+
+    @model_validator(mode="after")
+    def _start_fits_the_run(self) -> RunConfig:
+        """A run from another fine-tune's weights trains them further the way they were trained."""
+        if self.model.init_from is None:
+            return self
+        from tuneforge.models.load import saved_fine_tune
+
+        saved, info = saved_fine_tune(self.model.init_from)
+        if self.task == "classify" or info.get("task") == "classify":
+            raise ValueError("model.init_from is not supported with classifiers (task: classify, or a start that is one)")
+        if info["method"] == "full" and self.method != "full":
+            raise ValueError(f"model.init_from holds full weights ({saved}); set method: full to train them further")
+        if info["method"] == "lora":
+            if self.method != "lora":
+                raise ValueError(f"model.init_from holds a LoRA adapter ({saved}); set method: lora to train it further")
+            if not same_model(info["base_model"], self.model.name):
+                raise ValueError(f"model.init_from's adapter was trained on {info['base_model']}, not on model.name "
+                                 f"{self.model.name}; set model.name: {info['base_model']}")
+        if self.train.kl_to_base > 0:
+            raise ValueError("train.kl_to_base cannot be used with model.init_from (its reference would be the "
+                             "original base model, not the weights the run starts from)")
+        return self
+
+    @model_validator(mode="after")
     def _kl_needs_adapter_and_replay(self) -> RunConfig:
         if self.train.kl_to_base > 0 and (self.method != "lora" or self.data.replay is None):
             raise ValueError(
@@ -425,6 +496,11 @@ class RunConfig(Section):
                 "and a data.replay section (the KL term covers replay tokens)"
             )
         return self
+
+
+def same_model(a: str, b: str) -> bool:
+    """Two model references name the same model: equal, or the same local directory."""
+    return a == b or Path(a).expanduser().is_dir() and Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 def load_config(path: Path, overrides: list[str] = ()) -> RunConfig:

@@ -19,17 +19,35 @@ def test_saved_tensor_bytes_count_activations_not_weights():
     layer = torch.nn.Linear(64, 32)
     x = torch.randn(10, 64, requires_grad=True)
     # Linear saves its input and its weight; only the input is an activation.
-    assert preflight.saved_tensor_bytes(layer, lambda: layer(x)) == x.nbytes
+    assert preflight.saved_tensor_bytes(layer, lambda: layer(x)) == preflight.SavedBytes(x.nbytes, 0)
     # A frozen layer on an input without gradient saves nothing at all.
     layer.requires_grad_(False)
-    assert preflight.saved_tensor_bytes(layer, lambda: layer(torch.randn(10, 64))) == 0
+    assert preflight.saved_tensor_bytes(layer, lambda: layer(torch.randn(10, 64))) == preflight.SavedBytes(0, 0)
 
 
 def test_views_of_one_tensor_are_counted_once():
     layer = torch.nn.Linear(64, 64)
     x = torch.randn(10, 64, requires_grad=True)
     # q, k and v projections of the same input save it three times: one storage.
-    assert preflight.saved_tensor_bytes(layer, lambda: layer(x).sum() + layer(x).sum() + layer(x[2:]).sum()) == x.nbytes
+    assert preflight.saved_tensor_bytes(layer, lambda: layer(x).sum() + layer(x).sum() + layer(x[2:]).sum()).activations == x.nbytes
+
+
+@pytest.mark.parametrize("trainable", [True, False])
+def test_autocast_weight_copies_are_counted_once_not_per_row(trainable):
+    """bf16 autocast saves a bf16 copy of each fp32 weight (as on CUDA): a fixed cost, not an activation."""
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 64))
+    model.requires_grad_(trainable)
+
+    def saved(rows: int) -> preflight.SavedBytes:
+        x = torch.randn(rows, 10, 64, requires_grad=not trainable)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return preflight.saved_tensor_bytes(model, lambda: model(x).float().sum())
+
+    one, four = saved(1), saved(4)
+    assert one.weight_copies == four.weight_copies > 0
+    assert four.activations == 4 * one.activations > 0
+    copied = [model[2]] if trainable else [model[0], model[2]]  # the first layer's input needs no gradient
+    assert one.weight_copies == sum(layer.weight.numel() * 2 for layer in copied)
 
 
 def tiny_estimate(tiny_model, rows: int, length: int, processes: int = 1, checkpointing: bool = False,

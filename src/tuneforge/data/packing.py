@@ -8,6 +8,10 @@ Position ids still restart per example: models with absolute positions need them
 flash-attention's variable-length path finds example boundaries from them.
 
 Replay rows and task rows never share a bin, because the KL-to-base term is chosen per row.
+
+Continued pretraining reads documents far longer than a row: `split_blocks` cuts one into
+consecutive rows first (the first position of each block is not predicted, as in every
+block-wise pretraining recipe), and the last, shorter block is packed with others.
 """
 
 from __future__ import annotations
@@ -15,6 +19,15 @@ from __future__ import annotations
 import torch
 
 from tuneforge.data.template import IGNORE, TokenizedExample
+
+
+def split_blocks(tokens: TokenizedExample, max_len: int) -> list[TokenizedExample]:
+    """A tokenized text longer than max_len as consecutive blocks of max_len tokens (the last one shorter)."""
+    if max_len < 2:
+        raise ValueError(f"max_len must be at least 2 to train on blocks, got {max_len}")
+    return [TokenizedExample(tokens.input_ids[start : start + max_len], tokens.labels[start : start + max_len],
+                             tokens.replay)
+            for start in range(0, len(tokens.input_ids), max_len)]
 
 
 def pack(lengths: list[int], max_len: int, replay: list[bool] | None = None) -> list[list[int]]:

@@ -26,6 +26,7 @@ from tuneforge.config import DataConfig
 from tuneforge.data import cleaning
 from tuneforge.data.dataset import DataManifest, sha256
 from tuneforge.data.formats import Mapping, Problem, SourceReader
+from tuneforge.data.packing import split_blocks
 from tuneforge.data.readers import HUB_PREFIX, expand
 from tuneforge.data.records import Message, Record
 from tuneforge.data.splits import split_rows
@@ -173,7 +174,16 @@ def build(config, files, hashes, tokenizer, stop_ids, max_len, seed, directory: 
         def flush(chunk: list[tuple[str, Record]]) -> None:
             for (split, record), tokens in zip(chunk, tokenize_records([r for _, r in chunk], tokenizer, stop_ids)):
                 length = len(tokens.input_ids)
-                if length > max_len:
+                if length > max_len and config.split_long_texts and record.kind == "text":
+                    for number, block in enumerate(split_blocks(tokens, max_len), start=1):
+                        if len(block.input_ids) > 1:  # a one-token tail predicts nothing
+                            rows[split].append(writer.append(block))
+                            labels.append(None)
+                            # the block's own text: blocks of one document must not look like copies of each other
+                            source = f"{record.source}#block{number}"
+                            text = tokenizer.decode(block.input_ids, skip_special_tokens=True)
+                            prompts.write(json.dumps([source, text], ensure_ascii=False) + "\n")
+                elif length > max_len:
                     report.invalid.append(Problem(
                         record.source, f"{length} tokens, longer than train.max_seq_length={max_len}"))
                 elif tokens.trained_tokens == 0:

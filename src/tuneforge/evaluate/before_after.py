@@ -39,11 +39,13 @@ def builtin_general_questions() -> Path:
     return Path(str(resources.files("tuneforge.resources") / "general_check.jsonl"))
 
 
-def probe_sets(config: EvalConfig) -> list[ProbeSet]:
+def probe_sets(config: EvalConfig, replies: bool = True) -> list[ProbeSet]:
+    """The prompts answered before and after training; none when the task trains no replies (pretrain),
+    whose forgetting check is the perplexity on general text alone."""
     sets = []
     if config.prompts:
         sets.append(ProbeSet("task", "held-out task prompts", "expected answer given", read_probes(config.prompts)))
-    if config.general_check:
+    if config.general_check and replies:
         path = config.general_questions or builtin_general_questions()
         sets.append(ProbeSet("general", "general questions", "answered correctly", read_probes(path)))
     return sets

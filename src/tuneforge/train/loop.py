@@ -41,7 +41,7 @@ from tuneforge.evaluate.evaluator import forgetting_warning
 from tuneforge.evaluate.loss import validation_loss
 from tuneforge.models.tokenizer import training_tokenizer
 from tuneforge.train import checkpoint as ckpt
-from tuneforge.train import preflight
+from tuneforge.train import preflight, pretrain
 from tuneforge.train.checkpoint import TrainState
 from tuneforge.train.distributed import (
     any_rank, from_main, full_state_dict, gather_object, is_fsdp, make_accelerator, rank_share, trains_nothing,
@@ -115,18 +115,20 @@ def train(
     with accelerator.main_process_first():
         tokenizer, stop_ids = training_tokenizer(config.model.name, config.data.template)
         data = prepare(config.data, tokenizer, stop_ids, cfg.max_seq_length, cfg.seed)
+    if config.task == "pretrain":
+        pretrain.require_text(data.manifest)
     use_cuda = accelerator.device.type == "cuda"
     model, info, base_dir = build_model(config, accelerator.device, checkpoint)
     if main:
         (run_dir / "config.yaml").write_text(dump_config(config))
-    sets = before_after.probe_sets(config.eval)
+    sets = before_after.probe_sets(config.eval, replies=config.task == "chat")
     general_text = before_after.general_text(config.eval)
     resuming = checkpoint is not None  # only then are the replay mix and base answers in run_dir reused
     mix = None
     if main:  # the base model's answers are generated once, by rank 0
         if config.data.replay or sets:
             console.print("base-model answers for replay and checks (generated once, then cached) ...")
-        with untouched(model, trained=resuming) as base:
+        with untouched(model, trained=resuming, adapter_is_start=config.model.init_from is None) as base:
             if config.data.replay:
                 mix = replay_mix(config.data.replay, len(data.train), cfg.seed, run_dir, resuming, base, tokenizer,
                                  base_dir)
@@ -187,6 +189,8 @@ def train(
         figures, on every rank: decisions taken on them must agree)."""
         loss = evaluate()
         values = {} if loss is None else {"eval_loss": loss}
+        if loss is not None and config.task == "pretrain":
+            values["eval_perplexity"] = pretrain.perplexity(loss)
         if scored_examples and (main or is_fsdp(accelerator)):  # a sharded model generates on all ranks at once
             model.eval()
             values |= answer_metrics(accelerator.unwrap_model(model), tokenizer, scored_examples,
@@ -286,6 +290,8 @@ def train(
         for probe_set in sets
     }
     measures = {"validation loss": (first_eval_loss(run_dir), after)}
+    if config.task == "pretrain":
+        measures["perplexity on held-out text"] = (pretrain.perplexity(first_eval_loss(run_dir)), pretrain.perplexity(after))
     general = before_after.perplexity_change(run_dir, model, tokenizer, general_text, config.eval.batch_size)
     if general:
         measures["perplexity on general text"] = general
@@ -374,15 +380,17 @@ def first_eval_loss(run_dir: Path) -> float | None:
 
 
 @contextmanager
-def untouched(model, trained: bool):
+def untouched(model, trained: bool, adapter_is_start: bool = True):
     """The base model: the model itself before any step, else with its adapter switched off.
 
     A resumed full fine-tune has no base left in memory: None, and the base answers must
-    already be in the run directory (they are written before the first step).
+    already be in the run directory (they are written before the first step).  Nor has a resumed
+    run that started from another fine-tune's adapter (model.init_from): switched off, it is the
+    original base, not the start.
     """
     if not trained:
         yield model
-    elif hasattr(model, "disable_adapter"):
+    elif hasattr(model, "disable_adapter") and adapter_is_start:
         with model.disable_adapter():
             yield model
     else:

@@ -81,11 +81,12 @@ class MemoryEstimate:
     rows: int
     longest: int
     processes_per_host: int = 1  # processes sharing this memory (CPU ranks share RAM)
+    weight_copies: int = 0  # autocast's low-precision weight copies kept for backward (not per row)
 
     @property
     def peak(self) -> int:
         return (self.baseline + self.gradients + self.optimizer + self.ddp_buckets + self.activations
-                + self.loss_logits)
+                + self.weight_copies + self.loss_logits)
 
     @property
     def growth(self) -> int:
@@ -150,24 +151,52 @@ def peak_memory(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
 
 
-def saved_tensor_bytes(model, run: Callable[[], object]) -> int:
+@dataclass
+class SavedBytes:
+    activations: int  # grow with the rows of a batch
+    weight_copies: int  # autocast's low-precision copies of weights: once per forward, whatever the rows
+
+
+def saved_tensor_bytes(model, run: Callable[[], object]) -> SavedBytes:
     """Storage bytes of the tensors autograd saves for backward while `run()` executes (weights excluded).
 
     Storages are counted once however many tensors view them (q, k and v projections save the same input).
-    The graph is dropped on return, so nothing stays allocated.
+    Under autocast (bf16 on CUDA) a matmul saves its bf16 copy of an fp32 weight: that copy is made once
+    per forward, not per row, so it is counted apart (measured on an H200: counting it per row put a full
+    fine-tune's estimate at 2.1x its peak). The graph is dropped on return, so nothing stays allocated.
     """
     weights = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-    storages: dict[int, int] = {}
+    weight_dtypes: dict[tuple[int, ...], set[torch.dtype]] = {}
+    for parameter in model.parameters():
+        weight_dtypes.setdefault(tuple(parameter.shape), set()).add(parameter.dtype)
+    activations: dict[int, int] = {}
+    copies: dict[int, int] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
         if storage.data_ptr() not in weights:
-            storages[storage.data_ptr()] = storage.nbytes()
+            kind = copies if is_weight_copy(tensor, weight_dtypes) else activations
+            kind[storage.data_ptr()] = storage.nbytes()
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         run()
-    return sum(storages.values())
+    return SavedBytes(sum(activations.values()), sum(copies.values()))
+
+
+def is_weight_copy(tensor: torch.Tensor, weight_dtypes: dict[tuple[int, ...], set[torch.dtype]]) -> bool:
+    """A cast of a parameter: of a trainable one, autograd shows it (view ops, then a copy of a leaf);
+    of a frozen one, it has a weight's shape (or its transpose) in another dtype than that weight."""
+    fn, depth = tensor.grad_fn, 0
+    if fn is not None:
+        while fn is not None and depth < 4:
+            if type(fn).__name__ == "ToCopyBackward0":
+                return any(type(n).__name__ == "AccumulateGrad" for n, _ in fn.next_functions if n is not None)
+            following = [n for n, _ in fn.next_functions if n is not None]
+            fn, depth = (following[0] if len(following) == 1 else None), depth + 1
+        return False
+    shape = tuple(tensor.shape)
+    return any(tensor.dtype not in weight_dtypes.get(s, {tensor.dtype}) for s in (shape, shape[::-1]) if s in weight_dtypes)
 
 
 @contextmanager
@@ -199,7 +228,8 @@ def estimate_memory(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         saved = saved_tensor_bytes(model, lambda: loss(probe_row))
         with checkpointing_off(model) as was_on:
-            recomputed = saved_tensor_bytes(model, lambda: loss(probe_row)) / layer_count(model) if was_on else 0
+            unchecked = saved_tensor_bytes(model, lambda: loss(probe_row)) if was_on else SavedBytes(0, 0)
+        recomputed = unchecked.activations / layer_count(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     trainable_bytes = sum(p.numel() * p.element_size() for p in trainable)  # AdamW's moments take the same
     trainable_bytes //= processes if sharded else 1
@@ -218,9 +248,10 @@ def estimate_memory(
         gradients=trainable_bytes,
         optimizer=2 * trainable_bytes,
         ddp_buckets=trainable_bytes if processes > 1 and not sharded else 0,
-        activations=int((saved + recomputed) * rows * SLACK),
+        activations=int((saved.activations + recomputed) * rows * SLACK),
+        weight_copies=int(max(saved.weight_copies, unchecked.weight_copies) * SLACK),
         loss_logits=int(logit_positions * vocabulary * 4 * copies * SLACK),
-        activation_bytes_per_token=saved / longest,
+        activation_bytes_per_token=saved.activations / longest,
         rows=rows,
         longest=longest,
         processes_per_host=processes_per_host,
@@ -236,7 +267,7 @@ def describe_memory(estimate: MemoryEstimate) -> str:
     parts = [("now", estimate.baseline), ("gradients", estimate.gradients), ("optimizer", estimate.optimizer),
              ("DDP buckets", estimate.ddp_buckets),
              (f"activations for {estimate.rows} x {estimate.longest} tokens", estimate.activations),
-             ("loss logits", estimate.loss_logits)]
+             ("autocast weight copies", estimate.weight_copies), ("loss logits", estimate.loss_logits)]
     return f"{estimate.peak / GIB:.2f} GiB (" + ", ".join(f"{name} {size / GIB:.2f}" for name, size in parts if size) + ")"
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from tuneforge.config import RunConfig, TrainConfig
-from tuneforge.models.load import ModelInfo, load_causal_lm, pick_dtype
+from tuneforge.models.load import ModelInfo, load_causal_lm, pick_dtype, saved_fine_tune
 from tuneforge.models.quantize import four_bit_config
 from tuneforge.models.resolve import resolve
 from tuneforge.train.allocator import return_freed_memory
@@ -24,7 +24,11 @@ def seed_everything(seed: int) -> None:
 
 
 def build_model(config: RunConfig, device: torch.device, checkpoint: Path | None):
-    """(model, info, base model directory); from `checkpoint/model` when resuming.
+    """(model, info, the directory of the weights it starts from); from `checkpoint/model` when resuming.
+
+    The start is the base model, or with `model.init_from` another fine-tune's weights: its adapter
+    loaded on the base and trained further, or its full weights.  The returned directory keys the
+    cache of the starting model's answers (models/answer_cache.py), so it must name what answers.
 
     On CUDA, full fine-tuning keeps fp32 master weights (bf16 comes from autocast); LoRA
     keeps the frozen base in bf16 to halve its memory while peft keeps adapters in fp32, and
@@ -36,14 +40,15 @@ def build_model(config: RunConfig, device: torch.device, checkpoint: Path | None
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
     base_dir = resolve(config.model.name)
+    start = saved_fine_tune(config.model.init_from)[0] if config.model.init_from else None
     info = ModelInfo(base_model=config.model.name, method=config.method)
     dtype = pick_dtype(config.model.dtype, device)
     if config.method == "full":
-        source = checkpoint / "model" if checkpoint else base_dir
+        source = checkpoint / "model" if checkpoint else start or base_dir
         model = load_causal_lm(source, torch.float32 if config.model.dtype == "auto" else dtype)
         model = with_fused_kernels(model, device, config.train.fused_kernels)
         model.requires_grad_(True)
-        return with_training_wrappers(model, config.train), info, base_dir
+        return with_training_wrappers(model, config.train), info, start or base_dir
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     if config.model.quantize:
@@ -55,6 +60,8 @@ def build_model(config: RunConfig, device: torch.device, checkpoint: Path | None
         base = with_fused_kernels(load_causal_lm(base_dir, dtype), device, config.train.fused_kernels)
     if checkpoint:
         model = PeftModel.from_pretrained(base, checkpoint / "model", is_trainable=True)
+    elif start:
+        model = PeftModel.from_pretrained(base, start, is_trainable=True)
     else:
         lora = config.lora
         model = get_peft_model(
@@ -67,7 +74,7 @@ def build_model(config: RunConfig, device: torch.device, checkpoint: Path | None
                 task_type="CAUSAL_LM",
             ),
         )
-    return with_training_wrappers(model, config.train), info, base_dir
+    return with_training_wrappers(model, config.train), info, start or base_dir
 
 
 def with_training_wrappers(model, train: TrainConfig):

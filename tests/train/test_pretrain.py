@@ -1,0 +1,125 @@
+"""task: pretrain — plain text, every token trained, long documents cut into packed blocks, perplexity before/after."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from tuneforge.cli import main
+from tuneforge.config import load_config
+from tuneforge.data.packing import split_blocks
+from tuneforge.data.template import TokenizedExample
+from tuneforge.errors import ConfigError, DataError
+from tuneforge.train.loop import train
+
+from tests.conftest import chat_records, write_jsonl
+
+# A small "domain": sentences built from a closed vocabulary, so a tiny model can learn its statistics.
+SUBJECTS = ["the keeper", "a worker bee", "the queen", "each colony", "the smoker", "a drone"]
+VERBS = ["checks", "warms", "feeds", "guards", "opens", "cleans"]
+OBJECTS = ["the brood frame", "the honey super", "the hive entrance", "the wax comb", "the queen cell"]
+
+
+def domain_text(seed: int, sentences: int) -> str:
+    g = torch.Generator().manual_seed(seed)
+    pick = lambda items: items[int(torch.randint(len(items), (1,), generator=g))]  # noqa: E731
+    return " ".join(f"{pick(SUBJECTS).capitalize()} {pick(VERBS)} {pick(OBJECTS)}." for _ in range(sentences))
+
+
+@pytest.fixture
+def pretrain_config(tmp_path, tiny_model):
+    def write(**overrides) -> Path:
+        train_file = write_jsonl(tmp_path / "corpus.jsonl", [{"text": domain_text(i, 30)} for i in range(6)])
+        held_out = write_jsonl(tmp_path / "held_out.jsonl", [{"text": domain_text(100 + i, 12)} for i in range(3)])
+        raw = {
+            "task": "pretrain",
+            "model": {"name": str(tiny_model)},
+            "data": {"train": str(train_file), "validation": str(held_out)},
+            "method": "full",
+            "train": {"learning_rate": 3e-3, "epochs": 3, "batch_size": 4, "max_seq_length": 64, "log_every": 1,
+                      "lr_scheduler": "constant", "preflight": "off"},
+            "eval": {"general_check": False},
+            "checkpoint": {"every_steps": 100},
+            "output_dir": str(tmp_path / "run"),
+        }
+        for key, value in overrides.items():
+            node = raw
+            *parents, last = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            if value is None:
+                node.pop(last, None)
+            else:
+                node[last] = value
+        path = tmp_path / "pretrain.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        return path
+
+    return write
+
+
+from pathlib import Path  # noqa: E402  (used in the fixture's annotation)
+
+
+def test_split_blocks_keeps_every_token_in_order():
+    tokens = TokenizedExample(list(range(10)), list(range(10)))
+    blocks = split_blocks(tokens, 4)
+    assert [b.input_ids for b in blocks] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert [b.labels for b in blocks] == [b.input_ids for b in blocks]
+    with pytest.raises(ValueError):
+        split_blocks(tokens, 1)
+
+
+def test_config_defaults_and_refusals(pretrain_config):
+    config = load_config(pretrain_config())
+    assert config.task == "pretrain" and config.data.packing and config.data.split_long_texts
+    assert not load_config(pretrain_config(**{"data.packing": False})).data.packing  # an explicit choice stands
+    refusals = {
+        "data.format": ("chat", r"pretrain.yaml:\d+: data.format: must be auto or text"),
+        "eval.best_metric": ("exact_match", "eval.best_metric: must be one of eval_loss, eval_perplexity"),
+        "data.validation": (None, "data.validation: task: pretrain reports perplexity on held-out text"),
+    }
+    for key, (value, message) in refusals.items():
+        with pytest.raises(ConfigError, match=message):
+            load_config(pretrain_config(**{key: value}))
+
+
+def test_chat_files_are_refused_naming_the_file(pretrain_config, tmp_path):
+    chats = write_jsonl(tmp_path / "chats.jsonl", chat_records(4))
+    config = load_config(pretrain_config(**{"data.train": str(chats)}))
+    with pytest.raises(DataError, match=r"chats\.jsonl: chat records; task: pretrain trains on plain text"):
+        train(config)
+
+
+def test_continued_pretraining_lowers_held_out_perplexity(pretrain_config, capsys):
+    path = pretrain_config()
+    assert main(["train", str(path)]) == 0
+    run_dir = load_config(path).output_dir
+    manifest = json.loads((run_dir / "data_manifest.json").read_text())
+    # Six documents of ~300 tokens each, cut into 64-token blocks: many more rows than documents.
+    assert manifest["train_records"] > 6 * 3
+    assert manifest["trained_tokens"] >= manifest["train_tokens"] - manifest["train_records"]  # no masks
+    evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [e["eval_loss"] for e in evals if "eval_loss" in e]
+    before, after = losses[0], losses[-1]
+    assert after < before - 0.5, losses
+    summary = json.loads((run_dir / "eval" / "summary.json").read_text())
+    ppl_before, ppl_after = summary["perplexity on held-out text"]["base"], summary["perplexity on held-out text"]["tuned"]
+    assert ppl_before == pytest.approx(math.exp(before)) and ppl_after == pytest.approx(math.exp(after))
+    out = capsys.readouterr()
+    assert f"held-out perplexity: before {ppl_before:.2f} -> after {ppl_after:.2f}" in out.err + out.out
+
+
+def test_periodic_evaluation_logs_perplexity_and_picks_the_best_by_it(pretrain_config):
+    path = pretrain_config(**{"eval.every_steps": 2, "eval.best_metric": "eval_perplexity", "train.epochs": 1})
+    assert main(["train", str(path)]) == 0
+    run_dir = load_config(path).output_dir
+    evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    periodic = [e for e in evals if "eval_perplexity" in e]
+    assert periodic and all(e["eval_perplexity"] == pytest.approx(math.exp(e["eval_loss"])) for e in periodic)
+    best = json.loads((run_dir / "checkpoints" / "best.json").read_text())
+    assert best["metric"] == "eval_perplexity"
