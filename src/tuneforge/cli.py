@@ -129,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     from tuneforge.classify.predict import add_predict_parser
 
     add_predict_parser(commands)
+    from tuneforge.registry.retrain import add_retrain_parser
+
+    add_retrain_parser(commands)
+    from tuneforge.monitor.commands import add_curate_parser, add_monitor_parser
+
+    add_monitor_parser(commands)
+    add_curate_parser(commands)
 
     data = commands.add_parser("data", help="inspect or prepare data", description="Inspect or prepare data.")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -153,13 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config value (repeatable)")
 
-    models = commands.add_parser("models", help="list or import models", description="List or import models.")
+    models = commands.add_parser("models", help="list, import and register models; promote, roll back",
+                                 description="List or import models; the model registry's versions and aliases.")
     models_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
-    models_commands.add_parser("list", help="show embedded and cached models")
+    listing = models_commands.add_parser("list", help="show embedded and cached models, and registered versions")
     imp = models_commands.add_parser("import", help="import a GGUF file into the model cache",
                                      description="Dequantize a GGUF file once into a cached safetensors model "
                                      "directory, which later loads in seconds.")
     imp.add_argument("path", type=Path, metavar="PATH.gguf")
+    from tuneforge.registry.commands import add_registry_arguments
+
+    add_registry_arguments(models_commands, listing)
     return parser
 
 
@@ -196,6 +207,14 @@ def main(argv: list[str] | None = None) -> int:
                 from tuneforge.serve.commands import run_serve
 
                 return run_serve(args, console)
+            case "retrain":
+                from tuneforge.registry.retrain import run_retrain
+
+                return run_retrain(args, console)
+            case "monitor" | "curate":
+                from tuneforge.monitor.commands import run_curate, run_monitor
+
+                return run_monitor(args, console) if args.command == "monitor" else run_curate(args, console)
             case "compare":
                 from tuneforge.evaluate.commands import run_compare
 
@@ -236,6 +255,11 @@ def run_train(args, console: Console) -> int:
     console.print(f"done: {result.state.step} steps; run directory {result.run_dir}")
     if result.eval_loss_before is not None and result.eval_loss_after is not None:
         console.print(f"validation loss: before {result.eval_loss_before:.4f} -> after {result.eval_loss_after:.4f}")
+        if config.task == "pretrain":
+            from tuneforge.train.pretrain import perplexity
+
+            console.print(f"held-out perplexity: before {perplexity(result.eval_loss_before):.2f} -> "
+                          f"after {perplexity(result.eval_loss_after):.2f}")
     console.print(f"talk to it: tuneforge chat {result.run_dir}")
     return 0
 
@@ -292,12 +316,15 @@ def run_data(args, console: Console) -> int:
 def run_models(args, console: Console) -> int:
     from tuneforge.models import catalog
 
-    if args.models_command == "list":
-        catalog.print_models(Console())
-    else:
+    if args.models_command == "import":
         path = catalog.import_file(args.path)
         console.print(f"imported {args.path} -> {path}")
-    return 0
+        return 0
+    if args.models_command == "list":
+        catalog.print_models(Console())
+    from tuneforge.registry.commands import run_registry
+
+    return run_registry(args, console)
 
 
 if __name__ == "__main__":

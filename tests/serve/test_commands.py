@@ -10,12 +10,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from rich.console import Console
 
 from tests.serve.conftest import free_port
 from tuneforge.errors import ConfigError
+from tuneforge.monitor.store import connect, read_requests
 from tuneforge.serve.commands import add_serve_parser, describe, options_from, run_serve
 from tuneforge.serve.options import API_KEYS_ENV, ServeOptions, api_keys_from
 
@@ -34,7 +36,7 @@ def test_flags_become_options(monkeypatch):
     options = options_from(args)
     assert options == ServeOptions(port=9001, api_keys=("flag-key", "env-key", "second-env-key"), max_prompt_tokens=100,
                                    max_new_tokens=50, max_concurrent=3, request_timeout_s=7.5, max_batch_size=4,
-                                   batching=False)
+                                   batching=False, log_db=Path("tuneforge-requests.db"))
     assert args.adapters == ["a=runs/a", "b=runs/b"] and args.model == "runs/quickstart"
     assert options_from(parse("m")).batching and options_from(parse("m")).host == "127.0.0.1"
 
@@ -86,9 +88,10 @@ def health(port: int) -> int | None:
         return None
 
 
-def test_sigterm_lets_the_stream_in_flight_finish(tiny_model):
+def test_sigterm_lets_the_stream_in_flight_finish(tiny_model, tmp_path):
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-c", SERVER, "serve", str(tiny_model), "--port", str(port)],
+    process = subprocess.Popen([sys.executable, "-c", SERVER, "serve", str(tiny_model), "--port", str(port),
+                                "--log-db", str(tmp_path / "requests.db")],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
@@ -118,6 +121,8 @@ def test_sigterm_lets_the_stream_in_flight_finish(tiny_model):
         process.wait(30)
         assert process.returncode in (0, -signal.SIGTERM)
         assert health(port) is None  # nothing listens any more
+        [logged] = read_requests(connect(tmp_path / "requests.db", readonly=True))  # written before the exit
+        assert (logged.endpoint, logged.finish_reason, logged.status) == ("/v1/completions", "length", 200)
     finally:
         if process.poll() is None:
             process.kill()

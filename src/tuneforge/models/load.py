@@ -86,6 +86,16 @@ def saved_model_dir(path: Path) -> Path | None:
     return None
 
 
+def saved_fine_tune(path: Path) -> tuple[Path, dict]:
+    """(directory, its tuneforge.json) of the fine-tune a run dir, checkpoint or model dir holds; a run
+    that starts from another's weights (model.init_from) uses it.  ModelError when there is none."""
+    saved = saved_model_dir(Path(path)) if Path(path).is_dir() else None
+    if saved is None:
+        raise ModelError(f"{path}: no saved fine-tune here (expected a run directory, a checkpoint, or a "
+                         f"directory holding {MODEL_INFO})")
+    return saved, json.loads((saved / MODEL_INFO).read_text())
+
+
 def load_for_inference(reference: str, device: torch.device | None = None, dtype: str = "auto"):
     """(model, tokenizer) in eval mode, from a run dir, checkpoint, or any model reference."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -16,29 +16,42 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
+from tuneforge.monitor.requestlog import RequestLog
 from tuneforge.serve.auth import KeyCheck
 from tuneforge.serve.completions import CHAT_PATH, COMPLETIONS_PATH, ServerState
-from tuneforge.serve.engine import Engine
 from tuneforge.serve.errors import ApiError, validation_error
+from tuneforge.serve.live import AliasWatcher, EngineTotals, RegistryTarget, new_engine
 from tuneforge.serve.metrics import ServerMetrics
 from tuneforge.serve.options import ServeOptions
-from tuneforge.serve.routes import router
+from tuneforge.serve.routes import FEEDBACK_PATH, router
 from tuneforge.serve.served import Served
 
 log = logging.getLogger("tuneforge.serve")
-ENDPOINTS = {CHAT_PATH, COMPLETIONS_PATH, "/v1/models", "/health", "/metrics", "/"}
+ENDPOINTS = {CHAT_PATH, COMPLETIONS_PATH, FEEDBACK_PATH, "/v1/models", "/health", "/metrics", "/"}
 
 
-def create_app(served: Served, options: ServeOptions) -> FastAPI:
-    engine = Engine(served.model, served.tokenizer, options.max_batch_size, options.batching)
-    state = ServerState(served, engine, options, ServerMetrics(engine))
+def create_app(served: Served, options: ServeOptions, registry: RegistryTarget | None = None) -> FastAPI:
+    """`registry`: where `served` came from (`registry:NAME`); an alias is followed across promotions (live.py)."""
+    engine = new_engine(served, options)
+    engines = EngineTotals(engine)  # /metrics reads through this: the engine changes at each swap
+    request_log = RequestLog(options.log_settings()) if options.log_db else None  # None: --no-log
+    state = ServerState(served, engine, options, ServerMetrics(engines, request_log), request_log=request_log)
+
+    follow = registry if registry and registry.follows else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        engine.start()
+        state.engine.start()  # not the local `engine`: a closure holding it would keep its model alive after a swap
+        if request_log:
+            request_log.start()
+        watcher = AliasWatcher(follow, state, engines, asyncio.get_running_loop()).start() if follow else None
         yield
-        if not await asyncio.to_thread(engine.shutdown, options.request_timeout_s):
+        if watcher and not await asyncio.to_thread(watcher.stop, options.request_timeout_s):
+            log.warning("shutdown: the registry watcher is still loading or draining; exiting anyway")
+        if not await asyncio.to_thread(state.engine.shutdown, options.request_timeout_s):
             log.warning("shutdown: generation still running after %s s; exiting anyway", options.request_timeout_s)
+        if request_log and not await asyncio.to_thread(request_log.close, options.request_timeout_s):
+            log.warning("shutdown: the request log is still writing after %s s; exiting anyway", options.request_timeout_s)
 
     app = FastAPI(title="tuneforge", summary="OpenAI-compatible server for tuneforge models", lifespan=lifespan,
                   docs_url="/docs", redoc_url=None)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from rich.console import Console
 
 from tuneforge.errors import ConfigError
+from tuneforge.monitor.requestlog import DEFAULT_LOG_DB
 from tuneforge.serve.options import API_KEYS_ENV, ServeOptions, api_keys_from
 
 DEFAULTS = ServeOptions()
@@ -19,8 +21,9 @@ def add_serve_parser(commands) -> None:
         "embedded:smollm2-135m-instruct) over an OpenAI-compatible API: /v1/chat/completions, /v1/completions "
         "(streaming too), /v1/models, /health, /metrics (Prometheus) and a chat page at /. Concurrent requests "
         "are decoded together in shared batches. A LoRA run serves its adapter under MODEL_OR_RUN and the base "
-        "model under its own name; --adapter adds more adapters, each addressable by name. Ctrl-C or SIGTERM "
-        "finishes the requests in flight, then exits.")
+        "model under its own name; --adapter adds more adapters, each addressable by name. registry:ALIAS (e.g. "
+        "registry:production) serves the version a registry alias names, under the alias, and follows promote and "
+        "rollback without a restart. Ctrl-C or SIGTERM finishes the requests in flight, then exits.")
     serve.add_argument("model", metavar="MODEL_OR_RUN")
     serve.add_argument("--adapter", dest="adapters", action="append", default=[], metavar="NAME=PATH",
                        help="also serve a LoRA adapter (a run dir, checkpoint or adapter dir) as model NAME (repeatable)")
@@ -43,8 +46,22 @@ def add_serve_parser(commands) -> None:
                        help=f"sequences decoded together (default {DEFAULTS.max_batch_size})")
     serve.add_argument("--no-batching", dest="batching", action="store_false",
                        help="decode one request at a time (for comparison)")
+    serve.add_argument("--log-db", default=DEFAULT_LOG_DB, metavar="PATH",
+                       help=f"the request log, an SQLite file that every request and its feedback are written to "
+                       f"(default ./{DEFAULT_LOG_DB}; read by `tuneforge monitor` and `tuneforge curate`)")
+    serve.add_argument("--no-log", action="store_true", help="log no requests (POST /v1/feedback is then refused)")
+    serve.add_argument("--log-retention-days", type=float, metavar="DAYS", default=DEFAULTS.log_retention_days,
+                       help=f"delete logged requests older than this (default {DEFAULTS.log_retention_days:g})")
+    serve.add_argument("--log-max-rows", type=int, metavar="N", default=DEFAULTS.log_max_rows,
+                       help=f"keep at most this many logged requests, the newest (default {DEFAULTS.log_max_rows})")
+    serve.add_argument("--log-redact-pii", action="store_true", help="replace emails, phone numbers, IP addresses "
+                       "and card numbers in prompts, outputs and feedback before they are written")
     serve.add_argument("--threads", type=int, metavar="N",
                        help="CPU threads for torch (default: one per core; on a busy machine 1 can be much faster)")
+    serve.add_argument("--registry", type=Path, metavar="PATH", help="the model registry that registry:ALIAS is "
+                       "looked up in (default: $TUNEFORGE_REGISTRY, else ./tuneforge-registry.db)")
+    serve.add_argument("--registry-poll", type=float, metavar="SECONDS",
+                       help="how often to check which version registry:ALIAS names (default 2)")
 
 
 def options_from(args: argparse.Namespace) -> ServeOptions:
@@ -54,6 +71,8 @@ def options_from(args: argparse.Namespace) -> ServeOptions:
             max_prompt_tokens=args.max_prompt_tokens, max_new_tokens=args.max_new_tokens,
             max_concurrent=args.max_concurrent, request_timeout_s=args.request_timeout,
             max_batch_size=args.max_batch_size, batching=args.batching,
+            log_db=None if args.no_log else Path(args.log_db), log_retention_days=args.log_retention_days,
+            log_max_rows=args.log_max_rows, log_redact_pii=args.log_redact_pii,
         )
     except ValueError as exc:
         raise ConfigError(f"tuneforge serve: {exc}") from exc
@@ -74,17 +93,25 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
 
         torch.set_num_threads(args.threads)
     from tuneforge.classify.model import is_classifier
+    from tuneforge.serve.live import load_target, show_swaps_in_terminal, target_from
 
-    if is_classifier(args.model):
+    target = target_from(args.model, args.registry, args.served_model_name, args.registry_poll)
+    if target is None and is_classifier(args.model):
         from tuneforge.classify.route import serve_classifier
 
         return serve_classifier(args.model, args.served_model_name, options, console, args.adapters)
     console.print(f"loading {args.model} ...")
-    served = load_served(args.model, adapters, args.served_model_name)
+    served = load_target(target, adapters) if target else load_served(args.model, adapters, args.served_model_name)
     for warning in served.warnings:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
-    app = create_app(served, options)
+    if target and target.follows:
+        show_swaps_in_terminal()
+    app = create_app(served, options, target)
     console.print(describe(served, options), highlight=False)
+    if target:
+        console.print(f"registry: {target.name} is {served.version} in {target.registry}"
+                      + (f"; following it (checked every {target.poll_s:g} s)" if target.follows else ""),
+                      highlight=False)
     config = uvicorn.Config(app, host=options.host, port=options.port, log_level="info",
                             timeout_graceful_shutdown=int(options.request_timeout_s) + 5)
     uvicorn.Server(config).run()
@@ -102,4 +129,10 @@ def describe(served, options: ServeOptions) -> str:
     batching = f"up to {options.max_batch_size} sequences per step" if options.batching else "off (one request at a time)"
     lines.append(f"batching: {batching}; limits: prompt {options.max_prompt_tokens} tokens, {options.max_new_tokens} "
                  f"new tokens, {options.max_concurrent} requests in flight, {options.request_timeout_s:g} s timeout")
+    if options.log_db:
+        lines.append(f"request log: {options.log_db.resolve()} (kept {options.log_retention_days:g} days, at most "
+                     f"{options.log_max_rows:,} requests{'; PII redacted' if options.log_redact_pii else ''}; "
+                     "feedback: POST /v1/feedback; --no-log turns it off)")
+    else:
+        lines.append("request log: off (--no-log); POST /v1/feedback is refused")
     return "\n".join(lines)

@@ -4,18 +4,25 @@ Prompts are tokenized here, on the web thread, so the limits (prompt tokens, max
 model's context) are checked before anything is queued and a refusal costs no generation.
 Chat prompts are rendered with the tokenizer's chat template (with the generation prompt); the
 engine stops at the model's end-of-turn tokens.
+
+Every request gets one id when its body has parsed (`Arrival`): the response `id`, the
+X-Request-Id header (errors too) and the request log's key. Whatever the outcome (an answer, a
+stream, a refusal, a timeout, a client that left), the finished request is handed to the request
+log (monitor/requestlog.py) exactly once; the log never blocks or fails the request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
 from tuneforge.models.generate import render_prompt
+from tuneforge.monitor.requestlog import Output, RequestLog, RequestRecord
 from tuneforge.serve import errors
 from tuneforge.serve.engine import Delta, Done, Engine, EngineClosed, Failed, Request, SamplingParams, asyncio_sink
 from tuneforge.serve.errors import ApiError
@@ -29,6 +36,8 @@ from tuneforge.serve.served import Served
 
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
+REQUEST_ID = "X-Request-Id"
+CLIENT_LEFT = 499  # logged status of a stream the client closed before its end (nginx's convention)
 
 
 @dataclass
@@ -40,19 +49,76 @@ class ServerState:
     options: ServeOptions
     metrics: ServerMetrics
     in_flight: int = 0
+    request_log: RequestLog | None = None  # None: --no-log
+
+
+@dataclass
+class Arrival:
+    """A completion request the moment its body parsed, before any check: its id and what its log record needs."""
+
+    endpoint: str
+    id: str  # the response id; also X-Request-Id and the request log's key
+    model: str  # as asked, or the server's default
+    version: str | None  # state.served.version now: a hot swap later does not relabel this request
+    messages: list[dict]  # the prompt as logged: [{role, content}], a text prompt as role "prompt"
+    created: float = field(default_factory=time.time)
+    started: float = field(default_factory=time.monotonic)
+    prompt_tokens: int | None = None  # once tokenized
+    logged: bool = False
+
+    @staticmethod
+    def of(body: ChatCompletionRequest | CompletionRequest, state: ServerState) -> Arrival:
+        served = state.served
+        if isinstance(body, ChatCompletionRequest):
+            messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                        for m in body.messages]
+            return Arrival(CHAT_PATH, new_id("chatcmpl"), body.model or served.default, served.version, messages)
+        messages = [{"role": "prompt", "content": p} for p in body.prompts()]
+        return Arrival(COMPLETIONS_PATH, new_id("cmpl"), body.model or served.default, served.version, messages)
+
+    def log(self, state: ServerState, status: int = 200, error: str | None = None, outputs: list[Output] = (),
+            completion_tokens: int | None = None, first_token_at: float | None = None) -> None:
+        """Hand the finished request to the request log; only the first call counts, and it never blocks or raises."""
+        if self.logged or state.request_log is None:
+            return
+        self.logged = True
+        state.request_log.submit(RequestRecord(
+            id=self.id, created=self.created, endpoint=self.endpoint, model=self.model, model_version=self.version,
+            messages=self.messages, outputs=tuple(outputs), prompt_tokens=self.prompt_tokens,
+            completion_tokens=completion_tokens, latency_s=time.monotonic() - self.started,
+            ttft_s=None if first_token_at is None else first_token_at - self.started, status=status, error=error))
+
+
+@contextmanager
+def logged_failures(arrival: Arrival, state: ServerState) -> Iterator[None]:
+    """A refusal or failure is logged under the request's id, and its error response carries that id."""
+    try:
+        yield
+    except ApiError as exc:
+        exc.headers = {**(exc.headers or {}), REQUEST_ID: arrival.id}
+        arrival.log(state, exc.status, exc.detail.message)
+        raise
+    except Exception as exc:  # answered 500 by the app's handler
+        arrival.log(state, 500, f"{type(exc).__name__}: {exc}")
+        raise
 
 
 @dataclass
 class Job:
     """One API request, tokenized and checked, ready for the engine."""
 
-    endpoint: str
+    arrival: Arrival
     model: str
     adapter: str | None
     prompts: list[list[int]]
     params: SamplingParams
     n: int
+    version: str | None = None  # the registry version of the model that takes it (Served.version when accepted)
     started: float = field(default_factory=time.monotonic)
+
+    @property
+    def endpoint(self) -> str:
+        return self.arrival.endpoint
 
     @property
     def choices(self) -> int:
@@ -63,25 +129,26 @@ class Job:
         return sum(len(p) for p in self.prompts)
 
 
-def chat_job(body: ChatCompletionRequest, state: ServerState) -> Job:
+def chat_job(body: ChatCompletionRequest, state: ServerState, arrival: Arrival) -> Job:
     model, adapter = pick_model(body.model, state.served)
     tokenizer = state.served.tokenizer
     if not getattr(tokenizer, "chat_template", None):
         raise ApiError(400, f"The model '{model}' has no chat template; use /v1/completions", param="model",
                        code="no_chat_template")
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
     try:
-        text = render_prompt(tokenizer, messages)
+        text = render_prompt(tokenizer, arrival.messages)
     except Exception as exc:  # the template's own checks (e.g. roles must alternate) raise arbitrary errors
         raise ApiError(400, f"The model's chat template refused these messages: {exc}", param="messages") from exc
     prompt = tokenizer.encode(text, add_special_tokens=False)
-    return Job(CHAT_PATH, model, adapter, [prompt], sampling(body, [prompt], state), body.n)
+    arrival.prompt_tokens = len(prompt)
+    return Job(arrival, model, adapter, [prompt], sampling(body, [prompt], state), body.n, arrival.version)
 
 
-def completion_job(body: CompletionRequest, state: ServerState) -> Job:
+def completion_job(body: CompletionRequest, state: ServerState, arrival: Arrival) -> Job:
     model, adapter = pick_model(body.model, state.served)
     prompts = [state.served.tokenizer.encode(p) for p in body.prompts()]
-    return Job(COMPLETIONS_PATH, model, adapter, prompts, sampling(body, prompts, state), body.n)
+    arrival.prompt_tokens = sum(len(p) for p in prompts)
+    return Job(arrival, model, adapter, prompts, sampling(body, prompts, state), body.n, arrival.version)
 
 
 def pick_model(name: str | None, served: Served) -> tuple[str, str | None]:
@@ -121,12 +188,14 @@ class Generation:
     """A job in the engine: its requests (one per prompt) and the queue their events arrive on.
 
     Holds one of the server's in-flight places from `start` to `close`; over the limit it is a 429.
+    Keeps the engine it submitted to: after a hot swap (live.py) its requests finish on the old one.
     """
 
     def __init__(self, job: Job, state: ServerState):
         self.job, self.state = job, state
         self.queue: asyncio.Queue = asyncio.Queue()
         self.requests: list[Request] = []
+        self.engine: Engine | None = None
         self.first_token_at: float | None = None
         self.counted = False
 
@@ -141,9 +210,10 @@ class Generation:
         state.in_flight += 1
         self.counted = True
         state.metrics.in_flight.inc()
+        self.engine = state.engine  # read in the same step as the job's model (state.served): a swap cannot split them
         try:
             for request in self.requests:
-                state.engine.submit(request)
+                self.engine.submit(request)
         except EngineClosed:
             self.close()
             raise errors.shutting_down() from None
@@ -192,15 +262,19 @@ async def answer(job: Job, state: ServerState, echo: list[str] | None = None) ->
                 reasons[event.choice], tokens = event.finish_reason, tokens + event.completion_tokens
     finally:
         generation.close()
+    job.arrival.log(state, outputs=[Output(t, r) for t, r in zip(texts, reasons)], completion_tokens=tokens,
+                    first_token_at=generation.first_token_at)
     usage = Usage.of(job.prompt_tokens, tokens)
     if job.endpoint == CHAT_PATH:
         choices = [ChatChoice(index=i, message=AssistantMessage(content=t), finish_reason=r)
                    for i, (t, r) in enumerate(zip(texts, reasons))]
-        return ChatCompletion(id=new_id("chatcmpl"), created=now(), model=job.model, choices=choices, usage=usage)
+        return ChatCompletion(id=job.arrival.id, created=now(), model=job.model, choices=choices, usage=usage,
+                              system_fingerprint=job.version)
     prefix = [echo[i // job.n] if echo else "" for i in range(job.choices)]
     choices = [CompletionChoice(index=i, text=prefix[i] + t, finish_reason=r)
                for i, (t, r) in enumerate(zip(texts, reasons))]
-    return Completion(id=new_id("cmpl"), created=now(), model=job.model, choices=choices, usage=usage)
+    return Completion(id=job.arrival.id, created=now(), model=job.model, choices=choices, usage=usage,
+                      system_fingerprint=job.version)
 
 
 def sse(payload: BaseModel | str) -> str:
@@ -214,17 +288,18 @@ async def stream(generation: Generation, include_usage: bool, echo: list[str] | 
     """
     job = generation.job
     chat = job.endpoint == CHAT_PATH
-    ident, created = new_id("chatcmpl" if chat else "cmpl"), now()
+    ident, created = job.arrival.id, now()
 
     def chunk(index: int, text: str | None, reason: str | None = None, role: bool = False) -> BaseModel:
         if chat:
             delta = ChoiceDelta(role="assistant" if role else None, content=text)
-            return ChatCompletionChunk(id=ident, created=created, model=job.model,
+            return ChatCompletionChunk(id=ident, created=created, model=job.model, system_fingerprint=job.version,
                                        choices=[ChunkChoice(index=index, delta=delta, finish_reason=reason)])
-        return Completion(id=ident, created=created, model=job.model,
+        return Completion(id=ident, created=created, model=job.model, system_fingerprint=job.version,
                           choices=[CompletionChoice(index=index, text=text or "", finish_reason=reason)])
 
-    tokens = 0
+    tokens, texts, reasons = 0, [""] * job.choices, [None] * job.choices
+    outcome = None  # (status, error) once the stream reached its end; None: the client left before
     try:
         for index in range(job.choices):
             if chat:
@@ -233,18 +308,33 @@ async def stream(generation: Generation, include_usage: bool, echo: list[str] | 
                 yield sse(chunk(index, echo[index // job.n]))
         async for event in generation.events():
             if isinstance(event, Delta):
+                texts[event.choice] += event.text
                 yield sse(chunk(event.choice, event.text))
             else:
                 tokens += event.completion_tokens
+                reasons[event.choice] = event.finish_reason
                 yield sse(chunk(event.choice, None if chat else "", event.finish_reason))
         if include_usage:
             usage = Usage.of(job.prompt_tokens, tokens)
-            final = (ChatCompletionChunk(id=ident, created=created, model=job.model, choices=[], usage=usage) if chat
-                     else Completion(id=ident, created=created, model=job.model, choices=[], usage=usage))
+            final = (ChatCompletionChunk(id=ident, created=created, model=job.model, choices=[], usage=usage,
+                                         system_fingerprint=job.version) if chat
+                     else Completion(id=ident, created=created, model=job.model, choices=[], usage=usage,
+                                     system_fingerprint=job.version))
             yield sse(final)
+        outcome = (200, None)
     except ApiError as exc:
         generation.state.metrics.errors.labels(job.endpoint, str(exc.status)).inc()  # after a 200 began the stream
+        outcome = (exc.status, exc.detail.message)
         yield sse(ErrorResponse(error=exc.detail))
     finally:
+        status, error = outcome or (CLIENT_LEFT, "the client disconnected before the end of the stream")
+        job.arrival.log(generation.state, status, error, [Output(t, r) for t, r in zip(texts, reasons)], tokens,
+                        generation.first_token_at)
         generation.close()
     yield sse("[DONE]")
+
+
+def end_stream(generation: Generation) -> None:
+    """A stream response's background task: runs also when the client left before the stream's first event."""
+    generation.close()
+    generation.job.arrival.log(generation.state, CLIENT_LEFT, "the client disconnected before the stream began")

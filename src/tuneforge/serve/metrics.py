@@ -1,4 +1,4 @@
-"""Prometheus metrics of the server: requests, errors, latency, tokens in and out, queue depth, batching.
+"""Prometheus metrics of the server: requests, errors, latency, tokens in and out, queue depth, batching, request log.
 
 Each app gets its own registry (several servers may live in one process, as in the tests);
 the engine's gauges and step counters are read at scrape time, so serving never waits on them.
@@ -7,7 +7,7 @@ the engine's gauges and step counters are read at scrape time, so serving never 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 
@@ -32,8 +32,33 @@ class EngineCollector:
                                   value=stats.failures)
 
 
+class RequestLogCollector:
+    """The request log's counters (monitor/requestlog.py keeps them; its writer thread knows nothing of Prometheus)."""
+
+    def __init__(self, request_log):
+        self.request_log = request_log
+
+    def collect(self):
+        stats = self.request_log.snapshot()
+        yield CounterMetricFamily("tuneforge_request_log_written", "Requests written to the request log",
+                                  value=stats.written)
+        yield CounterMetricFamily("tuneforge_request_log_feedback", "Feedback rows written to the request log",
+                                  value=stats.feedback)
+        dropped = CounterMetricFamily("tuneforge_request_log_dropped", "Request records not logged (the request "
+                                      "itself was answered), by reason", labels=["reason"])
+        for reason, count in sorted(stats.dropped.items()):
+            dropped.add_metric([reason], count)
+        yield dropped
+        yield CounterMetricFamily("tuneforge_request_log_failures", "Request log database errors caught (opening, "
+                                  "writing, retention, feedback): locked, read-only, disk full, ...", value=stats.failures)
+        yield CounterMetricFamily("tuneforge_request_log_pruned", "Logged requests deleted by retention (age or rows)",
+                                  value=stats.pruned)
+        yield GaugeMetricFamily("tuneforge_request_log_queue_depth", "Records waiting for the request log's writer",
+                                value=stats.queued)
+
+
 class ServerMetrics:
-    def __init__(self, engine):
+    def __init__(self, engine, request_log=None):
         disable_created_metrics()  # no `_created` series beside every counter: half the text, nothing lost
         self.registry = CollectorRegistry()
         self.requests = Counter("tuneforge_requests", "HTTP requests by endpoint and status code",
@@ -55,6 +80,8 @@ class ServerMetrics:
         Gauge("tuneforge_running_sequences", "Sequences in the running batch",
               registry=self.registry).set_function(lambda: engine.running)
         self.registry.register(EngineCollector(engine))
+        if request_log is not None:
+            self.registry.register(RequestLogCollector(request_log))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
+
+from tuneforge.monitor.requestlog import DEFAULT_LOG_DB, LogSettings
 
 API_KEYS_ENV = "TUNEFORGE_API_KEYS"  # comma-separated; added to any --api-key given
 
@@ -20,6 +23,12 @@ class ServeOptions:
     max_batch_size: int = 16  # sequences decoded together in one forward pass
     batching: bool = True  # False: one request at a time (the baseline the load benchmark compares with)
     max_body_bytes: int = 1 << 20  # larger request bodies get 413
+    # The request log (monitor/requestlog.py). None: nothing is logged; `tuneforge serve` logs to
+    # DEFAULT_LOG_DB in the current directory unless --no-log, so only the CLI's default writes a file.
+    log_db: Path | None = None
+    log_retention_days: float = 30.0
+    log_max_rows: int = 1_000_000
+    log_redact_pii: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_prompt_tokens", "max_new_tokens", "max_concurrent", "max_batch_size", "max_body_bytes"):
@@ -27,6 +36,15 @@ class ServeOptions:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.request_timeout_s <= 0:
             raise ValueError(f"request_timeout_s must be positive, got {self.request_timeout_s}")
+        if self.log_db is not None:
+            object.__setattr__(self, "log_db", Path(self.log_db))
+        self.log_settings()  # its limits are checked now, even when logging is off
+
+    def log_settings(self) -> LogSettings | None:
+        """The request log's settings, or None when the server logs nothing."""
+        settings = LogSettings(Path(self.log_db or DEFAULT_LOG_DB), self.log_retention_days, self.log_max_rows,
+                               self.log_redact_pii)
+        return settings if self.log_db is not None else None
 
 
 def api_keys_from(flags: list[str], environ: dict[str, str] | None = None) -> tuple[str, ...]:

@@ -3,6 +3,7 @@
 Requests forbid unknown fields, so a typo (`temprature`) or an OpenAI feature tuneforge does not
 implement (`tools`, `logprobs`, `response_format`) is a 400 naming the field rather than being
 silently ignored. Responses keep the OpenAI field names and types, so the `openai` package parses them.
+Feedback (POST /v1/feedback) is tuneforge's own: a rating of a logged request, by its response id.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import time
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 
 class Strict(BaseModel):
@@ -106,6 +107,20 @@ class CompletionRequest(SamplingFields):
         return min(16, most)  # OpenAI's default for text completions
 
 
+class FeedbackRequest(Strict):
+    request_id: str = Field(min_length=1)  # the `id` of a completion (also its X-Request-Id header)
+    rating: StrictInt  # 1: a good answer, -1: a bad one
+    correction: str | None = None  # the answer that would have been right
+    comment: str | None = None
+
+    @field_validator("rating")
+    @classmethod
+    def plus_or_minus_one(cls, value: int) -> int:
+        if value not in (1, -1):
+            raise ValueError("must be 1 (a good answer) or -1 (a bad one)")
+        return value
+
+
 # --- responses ---------------------------------------------------------------------------------
 
 
@@ -150,6 +165,7 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
+    system_fingerprint: str | None = None  # the registry version that answered (serving registry:ALIAS)
 
 
 class ChoiceDelta(BaseModel):
@@ -171,6 +187,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     usage: Usage | None = None
+    system_fingerprint: str | None = None  # the registry version that answered (serving registry:ALIAS)
 
 
 class CompletionChoice(BaseModel):
@@ -189,6 +206,7 @@ class Completion(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
+    system_fingerprint: str | None = None  # the registry version that answered (serving registry:ALIAS)
 
 
 class ModelCard(BaseModel):
@@ -198,11 +216,20 @@ class ModelCard(BaseModel):
     owned_by: str = "tuneforge"
     root: str  # where it was loaded from
     parent: str | None = None  # for an adapter: the id of the base model it applies to
+    version: str | None = None  # the registry version served under this name (serving registry:ALIAS)
 
 
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class FeedbackReceipt(BaseModel):
+    id: int  # the feedback row
+    object: Literal["feedback"] = "feedback"
+    request_id: str
+    rating: int
+    created: int
 
 
 class ErrorDetail(BaseModel):
@@ -221,3 +248,4 @@ class Health(BaseModel):
     models: list[str]
     running: int
     waiting: int
+    version: str | None = None  # the registry version being served (serving registry:ALIAS)

@@ -39,7 +39,8 @@ class Served:
     version: str | None = None  # the registry version being served (serving an alias), else None
 
     def cards(self) -> list[ModelCard]:
-        return [ModelCard(id=n.id, created=self.created, root=n.root, parent=n.parent) for n in self.names.values()]
+        return [ModelCard(id=n.id, created=self.created, root=n.root, parent=n.parent, version=self.version)
+                for n in self.names.values()]
 
 
 def parse_adapter_flag(text: str) -> tuple[str, str]:
