@@ -250,7 +250,7 @@ def child_tuneforge(args) -> dict:
         "dataset_tokens": manifest["train_tokens"], "dataset_trained_tokens": manifest["trained_tokens"],
         "loss_mask": "assistant content + end-of-turn token (tuneforge's chat masking)",
         "options": f"chunked_loss={config.train.chunked_loss}, gradient_checkpointing="
-                   f"{config.train.gradient_checkpointing}, fused_kernels={config.train.fused_kernels}, AdamW (torch default)"
+                   f"{config.train.gradient_checkpointing}, fused_kernels={config.train.fused_kernels}, AdamW (fused)"
                    + "".join(f", --set {item}" for item in args.tuneforge_set),
         "peak_cuda_mb": cuda_peak_mb(),
     }
