@@ -40,8 +40,8 @@ vocabulary, and none of 800 was flagged (at 10-20 prompts, 0-3% were, mostly on 
 30-50 deliberately different prompts (general questions vs support messages and back, general
 questions vs the identity set) scored +0.10..+0.28 on vocabulary and all 180 were flagged.  The
 surprise threshold (0.15 over a median near 0.05: a share above about 0.2) was checked with
-SmolLM2-135M on 40 prompts: scrambled support messages scored +0.83 and code +0.25, their in-order
-originals -0.03.  General questions are *less* surprising than support messages to that model, so
+SmolLM2-135M on 40 prompts: scrambled support messages scored +0.75 and code +0.25, their in-order
+originals 0.00.  General questions are *less* surprising than support messages to that model, so
 surprise alone misses that drift; vocabulary does not.
 """
 
