@@ -127,17 +127,23 @@ def run_config(tmp_path, tiny_model):
             "checkpoint": {"every_steps": 3},
             "output_dir": str(tmp_path / "run"),
         }
-        for key, value in overrides.items():
-            node = raw
-            *parents, last = key.split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[last] = value
+        apply_overrides(raw, overrides)
         path = tmp_path / "run.yaml"
         path.write_text(yaml.safe_dump(raw))
         return path
 
     return write
+
+
+def apply_overrides(raw: dict, overrides: dict) -> dict:
+    """Set dotted keys (`train.max_steps`) in a raw run file (None writes a YAML null)."""
+    for key, value in overrides.items():
+        node = raw
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return raw
 
 
 @pytest.fixture

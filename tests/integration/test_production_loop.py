@@ -7,8 +7,6 @@ import json
 import sqlite3
 from contextlib import closing
 
-import pytest
-
 from tests.conftest import chat_records, write_jsonl
 from tests.serve.conftest import wait_until
 from tests.serve.test_live_registry import serving
@@ -19,22 +17,12 @@ from tuneforge.registry.store import aliases, get_version, open_registry
 QUICK = {"train.max_steps": 3, "eval.general_check": False, "eval.max_new_tokens": 8, "checkpoint.every_steps": 100}
 
 
-@pytest.fixture
-def one_torch_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def version_of(live) -> str:
     [card] = [c for c in live.client().models.list().data if c.id == "production"]  # a LoRA run serves its base too
     return card.version
 
 
-def test_serve_feedback_curate_retrain_promote_rollback(run_config, tmp_path, one_torch_thread, capsys):
+def test_serve_feedback_curate_retrain_promote_rollback(run_config, tmp_path, one_thread, capsys):
     # v1: a LoRA fine-tune, registered and promoted to production.
     run = tmp_path / "v1"
     assert main(["train", str(run_config(**{**QUICK, "output_dir": str(run)}))]) == 0
@@ -101,7 +89,7 @@ def test_serve_feedback_curate_retrain_promote_rollback(run_config, tmp_path, on
         conn.close()
 
 
-def test_a_locked_log_does_not_fail_requests(run_config, tmp_path, one_torch_thread):
+def test_a_locked_log_does_not_fail_requests(run_config, tmp_path, one_thread):
     run = tmp_path / "v1"
     assert main(["train", str(run_config(**{**QUICK, "output_dir": str(run)}))]) == 0
     registry = tmp_path / "registry.db"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from tuneforge.data.template import TokenizedExample
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.train.loop import train
 
-from tests.conftest import chat_records, write_jsonl
+from tests.conftest import apply_overrides, chat_records, write_jsonl
 
 # A small "domain": sentences built from a closed vocabulary, so a tiny model can learn its statistics.
 SUBJECTS = ["the keeper", "a worker bee", "the queen", "each colony", "the smoker", "a drone"]
@@ -46,23 +47,12 @@ def pretrain_config(tmp_path, tiny_model):
             "checkpoint": {"every_steps": 100},
             "output_dir": str(tmp_path / "run"),
         }
-        for key, value in overrides.items():
-            node = raw
-            *parents, last = key.split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
-            if value is None:
-                node.pop(last, None)
-            else:
-                node[last] = value
+        apply_overrides(raw, overrides)
         path = tmp_path / "pretrain.yaml"
         path.write_text(yaml.safe_dump(raw))
         return path
 
     return write
-
-
-from pathlib import Path  # noqa: E402  (used in the fixture's annotation)
 
 
 def test_split_blocks_keeps_every_token_in_order():
@@ -81,7 +71,7 @@ def test_config_defaults_and_refusals(pretrain_config):
     refusals = {
         "data.format": ("chat", r"pretrain.yaml:\d+: data.format: must be auto or text"),
         "eval.best_metric": ("exact_match", "eval.best_metric: must be one of eval_loss, eval_perplexity"),
-        "data.validation": (None, "data.validation: task: pretrain reports perplexity on held-out text"),
+        "data.validation": ([], "data.validation: task: pretrain reports perplexity on held-out text"),
     }
     for key, (value, message) in refusals.items():
         with pytest.raises(ConfigError, match=message):
