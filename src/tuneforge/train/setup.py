@@ -15,6 +15,7 @@ from tuneforge.models.load import ModelInfo, load_causal_lm, pick_dtype, saved_f
 from tuneforge.models.quantize import four_bit_config
 from tuneforge.models.resolve import resolve
 from tuneforge.train.allocator import return_freed_memory
+from tuneforge.train.dropout import use_bits_dropout
 
 
 def seed_everything(seed: int) -> None:
@@ -74,6 +75,8 @@ def build_model(config: RunConfig, device: torch.device, checkpoint: Path | None
                 task_type="CAUSAL_LM",
             ),
         )
+    if device.type == "cpu":
+        use_bits_dropout(model)
     return with_training_wrappers(model, config.train), info, start or base_dir
 
 
