@@ -58,3 +58,30 @@ def test_template_without_chat_template_is_an_error(chatml_tokenizer):
     tokenizer = chatml_tokenizer.__class__(tokenizer_object=chatml_tokenizer.backend_tokenizer)
     with pytest.raises(DataError, match="no chat template"):
         tokenize_example(CONVERSATION, tokenizer, [])
+
+
+def test_tokenizing_after_a_padded_batch_call_adds_no_padding(chatml_tokenizer):
+    """transformers leaves the Rust tokenizer's padding on after tokenizer(..., padding=True) (as batched
+    generation calls it, left-padded): records tokenized afterwards must not come back padded."""
+    from tuneforge.data.prepare import tokenizer_fingerprint
+    from tuneforge.data.records import Message, Record
+    from tuneforge.data.template import tokenize_records
+
+    records = [Record((Message("user", "Hi"), Message("assistant", "Hello there, friend.")), "a"),
+               Record((Message("user", "What is a long question with many words in it?"),
+                       Message("assistant", "Yes.")), "b")]
+    stops = [chatml_tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    before = tokenize_records(records, chatml_tokenizer, stops)
+    fingerprint = tokenizer_fingerprint(chatml_tokenizer)
+    chatml_tokenizer.padding_side = "left"
+    try:
+        chatml_tokenizer(["short", "a much longer text than the first one"], padding=True)
+        assert chatml_tokenizer.backend_tokenizer.padding is not None  # the state this guards against
+        after = tokenize_records(records, chatml_tokenizer, stops)
+        assert [t.input_ids for t in after] == [t.input_ids for t in before]
+        assert [t.labels for t in after] == [t.labels for t in before]
+        assert tokenizer_fingerprint(chatml_tokenizer) == fingerprint
+        assert chatml_tokenizer.backend_tokenizer.padding is not None  # the caller's state is restored
+    finally:
+        chatml_tokenizer.padding_side = "right"
+        chatml_tokenizer.backend_tokenizer.no_padding()

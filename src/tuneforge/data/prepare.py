@@ -31,7 +31,7 @@ from tuneforge.data.readers import HUB_PREFIX, expand
 from tuneforge.data.records import Message, Record
 from tuneforge.data.splits import split_rows
 from tuneforge.data.store import Store, StoreWriter, TokenizedSet
-from tuneforge.data.template import tokenize_records
+from tuneforge.data.template import tokenize_records, unpadded
 from tuneforge.data.validation import DataReport
 from tuneforge.errors import DataError
 from tuneforge.paths import home
@@ -55,7 +55,12 @@ class PreparedData:
 def tokenizer_fingerprint(tokenizer) -> str:
     digest = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    digest.update((backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))).encode())
+    if backend is not None:
+        with unpadded(backend):  # a padding state left by an earlier batched call is not the tokenizer's identity
+            described = backend.to_str()
+    else:
+        described = repr(sorted(tokenizer.get_vocab().items()))
+    digest.update(described.encode())
     digest.update(f"{tokenizer.chat_template}|{tokenizer.bos_token}|{tokenizer.eos_token}".encode())
     return digest.hexdigest()
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from tuneforge.data.records import Message, Record
@@ -154,13 +155,35 @@ def tokenize_records(records: Sequence[Record], tokenizer, stop_ids: list[int]) 
     texts = [r.text for r in rendered]
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:  # the Rust tokenizer directly: skips transformers' per-example conversion (~15%)
-        encodings = backend.encode_batch(texts, add_special_tokens=False)
+        with unpadded(backend):
+            encodings = backend.encode_batch(texts, add_special_tokens=False)
         pairs = [(e.ids, e.offsets) for e in encodings]
     else:
         encoding = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
         pairs = list(zip(encoding["input_ids"], encoding["offset_mapping"]))
     stops = set(stop_ids)
     return [TokenizedExample(ids, mask(ids, offsets, r.spans, stops)) for r, (ids, offsets) in zip(rendered, pairs)]
+
+
+@contextmanager
+def unpadded(backend):
+    """The Rust tokenizer with padding and truncation off for the block, restored afterwards.
+
+    transformers turns the backend's padding on for a call with padding=True and leaves it on:
+    after one batched generation (left padding, models/generate.py) every later `encode_batch`
+    came back left-padded to the batch's longest text, pad tokens and all (replay records and
+    eval perplexities were computed on such rows until this was found).
+    """
+    padding, truncation = backend.padding, backend.truncation
+    backend.no_padding()
+    backend.no_truncation()
+    try:
+        yield backend
+    finally:
+        if padding:
+            backend.enable_padding(**padding)
+        if truncation:
+            backend.enable_truncation(**truncation)
 
 
 def tokenize_example(record: Record, tokenizer, stop_ids: list[int]) -> TokenizedExample:
