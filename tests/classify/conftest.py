@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import write_jsonl
+from tests.conftest import apply_overrides, write_jsonl
 
 WORDS = {
     "fruit": ["apple", "banana", "cherry", "grape", "lemon", "mango", "peach", "plum"],
@@ -68,12 +68,7 @@ def write_config(directory: Path, model: Path, multi: bool = False, **overrides)
                   "lr_scheduler": "constant"},
         "output_dir": str(directory / "run"),
     }
-    for key, value in overrides.items():
-        node = raw
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
+    apply_overrides(raw, overrides)
     path = directory / "classify.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
