@@ -31,6 +31,14 @@ examples:
   tuneforge serve runs/quickstart --port 8000
   tuneforge train configs/classify-quickstart.yaml
   tuneforge predict runs/classify-quickstart examples/intents/test.jsonl --out predictions.jsonl
+  tuneforge train configs/pretrain-quickstart.yaml
+  tuneforge models register runs/quickstart --promote production
+  tuneforge serve registry:production
+  tuneforge monitor report --since 7d --out reports/monitor
+  tuneforge monitor drift --config runs/quickstart --since 24h
+  tuneforge curate --out data/curated.jsonl --train examples/identity/train.jsonl
+  tuneforge retrain --from production --data data/curated.jsonl
+  tuneforge models rollback
 """
 
 
