@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "none": ["data.replay=null", "train.kl_to_base=0"],
     "replay": ["train.kl_to_base=0"],  # the config's own replay section (the quickstart's: self-replay)
-    "kl": ["train.kl_to_base=0.5"],
+    "kl": [],  # the config as it is: the quickstart's replay and KL weight
 }
 
 
