@@ -7,17 +7,18 @@ template, written to one temporary `messages` JSONL) with the same LoRA (r=16, a
 0.05, all linear layers), optimizer settings (AdamW, lr 2e-4, cosine to zero without warm-up,
 weight decay 0, grad-norm clip 1.0, seed 42), batch (4 examples, grad_accum 1, padded to the
 longest in the batch, max length 1024, no packing, no padding-free batches) and number of
-optimizer steps; fp32 on CPU; on CUDA both train a bf16 base with bf16 autocast (tuneforge's
-default there).  Only training runs: no replay, evaluation, general check, pre-flight estimate or periodic checkpoints
+optimizer steps, and precision: with `--precision bf16` (the default where bf16 matmuls are native: CUDA,
+or a CPU with AVX512-BF16 or AMX) both train a bf16 base with bf16 autocast (tuneforge's default there,
+and TRL's `bf16=True` default), with `--precision fp32` both train in fp32.  Only training runs: no replay, evaluation, general check, pre-flight estimate or periodic checkpoints
 (tuneforge still saves its final adapter after the loop, outside the timed span).
 
-First, in this process, the machine's matmul peak: a 2048x2048 fp32 matmul in a loop (8192x8192, and bf16, on
-CUDA), the best of a few ~1 s rounds.  Then each trainer runs in a fresh child process:
+First, in this process, the machine's matmul peaks: a 2048x2048 fp32 and bf16 matmul in a loop (8192x8192 on
+CUDA), the best of a few ~1 s rounds; MFU is against the peak of the precision trained in.  Then each trainer runs in a fresh child process:
 
 - tuneforge: `tuneforge.train.loop.train(load_config(configs/quickstart.yaml, overrides))`;
   its defaults otherwise (chunked LM-head loss on), gradient checkpointing off;
 - baseline: TRL `SFTTrainer` with a `datasets.Dataset.from_list` of the same `messages` records
-  and a peft `LoraConfig`; gradient checkpointing off (TRL's default is on), `bf16` only on CUDA,
+  and a peft `LoraConfig`; gradient checkpointing off (TRL's default is on), `bf16` as --precision says,
   logging every step, no saving, no evaluation, its default optimizer and random batch order.
 
 Batch order differs: tuneforge groups batches by length within shuffled windows, TRL's default
@@ -207,8 +208,8 @@ def child_tuneforge(args) -> dict:
     batches: list[tuple[int, int]] = []  # (non-pad tokens, padded size) of each batch, in training order
     collate = loop.collate
 
-    def counting_collate(examples, pad_id):
-        batch = collate(examples, pad_id)
+    def counting_collate(examples, pad_id, *options):
+        batch = collate(examples, pad_id, *options)
         batches.append((int(batch["attention_mask"].sum()), batch["attention_mask"].numel()))
         return batch
 
@@ -225,7 +226,7 @@ def child_tuneforge(args) -> dict:
         "train.kl_to_base=0", f"train.max_steps={args.steps}", f"train.batch_size={BATCH_SIZE}", "train.grad_accum=1",
         f"train.learning_rate={LEARNING_RATE}", "train.lr_scheduler=cosine", "train.warmup_steps=0",
         "train.weight_decay=0", "train.max_grad_norm=1.0", f"train.max_seq_length={MAX_LEN}", "train.log_every=1",
-        f"train.seed={SEED}", "model.dtype=auto",
+        f"train.seed={SEED}", f"model.dtype={'bfloat16' if args.precision == 'bf16' else 'float32'}",
         f"lora.r={LORA['r']}", f"lora.alpha={LORA['alpha']}", f"lora.dropout={LORA['dropout']}",
         f"lora.target_modules={LORA['target_modules']}",
         "train.gradient_checkpointing=false", "train.preflight=off",
@@ -308,15 +309,16 @@ def child_trl(args) -> dict:
     elif args.trl_loss == "full":
         mask = "full sequence (every token)"
 
-    cuda = torch.cuda.is_available()
+    bf16 = args.precision == "bf16"
     config = SFTConfig(
         output_dir=str(args.work / "trl-run"), max_steps=args.steps, per_device_train_batch_size=BATCH_SIZE,
         gradient_accumulation_steps=1, learning_rate=LEARNING_RATE, lr_scheduler_type="cosine", warmup_steps=0,
         weight_decay=0.0, max_grad_norm=1.0, seed=SEED, logging_steps=1, save_strategy="no", eval_strategy="no",
-        report_to="none", disable_tqdm=True, bf16=cuda, gradient_checkpointing=False, max_length=MAX_LEN,
+        report_to="none", disable_tqdm=True, bf16=bf16, gradient_checkpointing=False, max_length=MAX_LEN,
         packing=False, padding_free=False, assistant_only_loss=assistant_only, dataloader_num_workers=0,
         train_sampling_strategy=args.trl_sampler,
-        model_init_kwargs={"dtype": "bfloat16" if cuda else "float32"},
+        model_init_kwargs={"dtype": "bfloat16" if bf16 else "float32"},
+        use_cpu=not torch.cuda.is_available(),  # transformers refuses bf16 on a CPU-only machine without it
     )
     peft_config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                              target_modules=LORA["target_modules"], task_type="CAUSAL_LM")
@@ -382,7 +384,7 @@ def run_child(name: str, args) -> dict:
     result_path, log_path = args.work / f"{name}.json", args.work / f"{name}.log"
     command = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--data", str(args.data),
                "--work", str(args.work), "--steps", str(args.steps), "--trl-loss", args.trl_loss,
-               "--trl-sampler", args.trl_sampler, "--model-dir", str(args.model_dir),
+               "--trl-sampler", args.trl_sampler, "--model-dir", str(args.model_dir), "--precision", args.precision,
                *[f"--tuneforge-set={item}" for item in args.tuneforge_set],
                "--result", str(result_path)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -433,6 +435,8 @@ def main() -> None:
                         help="tokenizer for --random-init (default: the embedded model's)")
     parser.add_argument("--tuneforge-set", action="append", default=[], metavar="KEY=VALUE",
                         help="a run-file override for tuneforge only, e.g. train.fused_kernels=false (repeatable)")
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                        help="both trainers' precision; auto: bf16 where it is native (CUDA, AVX512-BF16/AMX CPUs)")
     parser.add_argument("--out", type=Path, help="also write the figures as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (data, runs, child logs)")
     parser.add_argument("--child", choices=TRAINERS, help=argparse.SUPPRESS)
@@ -450,11 +454,13 @@ def main() -> None:
 
     import torch
 
+    from tuneforge.models.load import native_bf16
+
     cuda = torch.cuda.is_available()
-    peaks = {"float32": matmul_peak("float32", "cuda" if cuda else "cpu")}
-    if cuda:
-        peaks["bfloat16"] = matmul_peak("bfloat16", "cuda")
-    peak_name = "bfloat16" if cuda else "float32"  # what the training matmuls run in
+    if args.precision == "auto":
+        args.precision = "bf16" if native_bf16(torch.device("cuda" if cuda else "cpu")) else "fp32"
+    peaks = {name: matmul_peak(name, "cuda" if cuda else "cpu") for name in ("float32", "bfloat16")}
+    peak_name = "bfloat16" if args.precision == "bf16" else "float32"  # what the training matmuls run in
     device = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} torch threads"
     print(f"device: {device}; matmul peak ({PEAK_SIZE['cuda' if cuda else 'cpu']}^2): "
           + ", ".join(f"{k} {v / 1e9:,.1f} GFLOP/s" for k, v in peaks.items()), file=sys.stderr, flush=True)
@@ -486,10 +492,11 @@ def main() -> None:
     print(f"\nTraining speed: {model_label} ({(sizes['n_base']) / 1e6:,.0f}M parameters), LoRA r={LORA['r']} alpha={LORA['alpha']} dropout={LORA['dropout']} "
           f"{LORA['target_modules']}, lr {LEARNING_RATE} cosine, batch {BATCH_SIZE} x grad_accum 1, "
           f"{args.steps} steps, max length {MAX_LEN}, padded batches (no packing, no padding-free), "
-          f"{'bf16 autocast, bf16 base' if cuda else 'fp32'}; {device}")
+          f"{'bf16 autocast, bf16 base' if args.precision == 'bf16' else 'fp32'}; {device}")
     print(f"data: {data['records']} records repeated from {SOURCE.relative_to(ROOT)}, {data['tokens']:,} tokens")
     print(f"matmul peak: {peak / 1e9:,.1f} GFLOP/s ({peak_name}, {PEAK_SIZE['cuda' if cuda else 'cpu']}^2, measured at start; "
-          f"{peak_after / 1e9:,.1f} again at the end)" + (f"; fp32 {peaks['float32'] / 1e9:,.1f}" if cuda else ""))
+          f"{peak_after / 1e9:,.1f} again at the end); "
+          + ", ".join(f"{k} {v / 1e9:,.1f}" for k, v in peaks.items() if k != peak_name))
     print(f"MFU = non-pad tokens/s x (4 x N_base + 6 x N_lora) / peak; N_base = {sizes['n_base']:,} "
           f"(all parameters, tied embedding = output head counted once), N_lora = {sizes['n_lora']:,}: "
           f"{sizes['flops_per_token'] / 1e6:,.1f} MFLOP per token\n")

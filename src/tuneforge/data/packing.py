@@ -81,7 +81,7 @@ def _first_fit_decreasing(indices: list[int], lengths: list[int], max_len: int) 
 
 
 def collate_packed(
-    examples: list[list[TokenizedExample]], pad_id: int, dtype: torch.dtype = torch.float32
+    examples: list[list[TokenizedExample]], pad_id: int, dtype: torch.dtype = torch.float32, multiple: int = 1
 ) -> dict[str, torch.Tensor]:
     """One row per bin: input_ids, labels, position_ids, a 4-D additive attention mask, replay, tokens.
 
@@ -96,7 +96,7 @@ def collate_packed(
     """
     if not examples or any(not row for row in examples):
         raise ValueError("collate_packed needs at least one example in every row")
-    width = max(sum(len(e.input_ids) for e in row) for row in examples)
+    width = -(-max(sum(len(e.input_ids) for e in row) for row in examples) // multiple) * multiple
     rows = len(examples)
     input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
     labels = torch.full((rows, width), IGNORE, dtype=torch.long)

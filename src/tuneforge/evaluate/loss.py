@@ -7,7 +7,7 @@ from contextlib import nullcontext
 
 import torch
 
-from tuneforge.data.batching import collate
+from tuneforge.data.batching import WIDTH_MULTIPLE, collate
 from tuneforge.data.dataset import label_count
 from tuneforge.data.template import TokenizedExample
 from tuneforge.train.loss import loss_sum
@@ -23,7 +23,7 @@ def validation_loss(model, examples: list[TokenizedExample], batch_size: int, pa
     total, count = 0.0, 0
     ordered = sorted(examples, key=lambda e: len(e.input_ids))
     for start in range(0, len(ordered), batch_size):
-        batch = {k: v.to(device) for k, v in collate(ordered[start : start + batch_size], pad_id).items()}
+        batch = {k: v.to(device) for k, v in collate(ordered[start : start + batch_size], pad_id, WIDTH_MULTIPLE).items()}
         with autocast():
             total += loss_sum(model, batch)[0].item()
         count += label_count(batch["labels"])

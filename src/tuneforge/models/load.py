@@ -35,10 +35,37 @@ class ModelInfo:
         return ModelInfo(base_model=data["base_model"], method=data["method"])
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls run in hardware here: a CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX
+    (on this project's 2-core EPYC 4.3x the fp32 rate, bench/RESULTS.md).  Elsewhere a CPU converts
+    bf16 in software and runs it slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
+
+
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The weights' dtype for inference: auto is bf16 on CUDA, fp32 on CPU (where answers then match
+    the fp32 reference tuneforge checks exports and served models against)."""
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        return torch.bfloat16 if device.type == "cuda" and native_bf16(device) else torch.float32
     return getattr(torch, name)
+
+
+def training_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The frozen weights' dtype for training: auto is bf16 wherever the hardware runs it natively, CPUs
+    included, else fp32."""
+    if name == "auto":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
+    return getattr(torch, name)
+
+
+def trains_under_autocast(name: str, device: torch.device) -> bool:
+    """Whether training runs its matmuls under bf16 autocast (over fp32 master weights and adapters):
+    always on CUDA, and on a CPU when the weights' dtype is bf16."""
+    return device.type == "cuda" or training_dtype(name, device) == torch.bfloat16
 
 
 def load_tokenizer(path: Path):

@@ -79,8 +79,9 @@ def launch(argv: list[str], nproc: int) -> int:
     return 0
 
 
-def make_accelerator(strategy: str):
-    """The Accelerator of this process: DDP with several processes (or FSDP when asked), bf16 autocast on CUDA.
+def make_accelerator(strategy: str, dtype: str = "auto"):
+    """The Accelerator of this process: DDP with several processes (or FSDP when asked); bf16 autocast on
+    CUDA, and on a CPU with native bf16 unless the run file's model.dtype asks for another dtype.
 
     accelerate shards with FSDP only across GPUs (on CPU it would quietly replicate instead), so FSDP on a
     machine without CUDA is refused here rather than silently run as DDP.
@@ -90,6 +91,8 @@ def make_accelerator(strategy: str):
     import torch
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
+
+    from tuneforge.models.load import trains_under_autocast
 
     use_cuda = torch.cuda.is_available()
     fsdp = strategy == "fsdp" or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
@@ -109,7 +112,8 @@ def make_accelerator(strategy: str):
     # Rank 0 alone generates the base model's answers before training while the others wait at a
     # barrier: allow that an hour or two, not the default 30 minutes.
     patience = InitProcessGroupKwargs(timeout=timedelta(hours=2))
-    return Accelerator(cpu=not use_cuda, mixed_precision="bf16" if use_cuda else "no", fsdp_plugin=plugin,
+    bf16 = trains_under_autocast(dtype, torch.device("cuda" if use_cuda else "cpu"))
+    return Accelerator(cpu=not use_cuda, mixed_precision="bf16" if bf16 else "no", fsdp_plugin=plugin,
                        kwargs_handlers=[patience])
 
 

@@ -30,7 +30,7 @@ import torch
 from rich.console import Console
 
 from tuneforge.config import RunConfig, dump_config
-from tuneforge.data.batching import collate, epoch_batches
+from tuneforge.data.batching import WIDTH_MULTIPLE, collate, epoch_batches
 from tuneforge.data.dataset import label_count
 from tuneforge.data.packing import collate_packed, pack
 from tuneforge.data.prepare import PreparedData, prepare
@@ -100,7 +100,7 @@ def train(
     each periodic validation may return True to end the run early with a checkpoint (a hyperparameter
     search prunes trials through `on_eval`); the result's `interrupted_by` is then "stop"."""
     cfg = config.train
-    accelerator = make_accelerator(cfg.distributed)
+    accelerator = make_accelerator(cfg.distributed, config.model.dtype)
     main, rank, processes = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     console = (console or Console(stderr=True)) if main else Console(quiet=True)
     run_dir = config.output_dir
@@ -117,7 +117,6 @@ def train(
         data = prepare(config.data, tokenizer, stop_ids, cfg.max_seq_length, cfg.seed)
     if config.task == "pretrain":
         pretrain.require_text(data.manifest)
-    use_cuda = accelerator.device.type == "cuda"
     model, info, base_dir = build_model(config, accelerator.device, checkpoint)
     if main:
         (run_dir / "config.yaml").write_text(dump_config(config))
@@ -149,13 +148,13 @@ def train(
     report_data(console, data, model)
 
     units, lengths = training_units(data, config.data.packing, cfg.max_seq_length)
-    mask_dtype = torch.bfloat16 if use_cuda else torch.float32
+    mask_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
     pad_id = tokenizer.pad_token_id
 
     def batch_of(ids: list[int]) -> dict[str, torch.Tensor]:
         if config.data.packing:
-            return collate_packed([[data.train[i] for i in units[u]] for u in ids], pad_id, mask_dtype)
-        return collate([data.train[i] for i in ids], pad_id)
+            return collate_packed([[data.train[i] for i in units[u]] for u in ids], pad_id, mask_dtype, WIDTH_MULTIPLE)
+        return collate([data.train[i] for i in ids], pad_id, WIDTH_MULTIPLE)
 
     batches_per_epoch = math.ceil(len(lengths) / cfg.batch_size)
     batches_per_step = cfg.grad_accum * processes  # of the epoch order, all ranks together

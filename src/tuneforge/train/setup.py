@@ -11,11 +11,12 @@ import numpy as np
 import torch
 
 from tuneforge.config import RunConfig, TrainConfig
-from tuneforge.models.load import ModelInfo, load_causal_lm, pick_dtype, saved_fine_tune
+from tuneforge.models.load import ModelInfo, load_causal_lm, saved_fine_tune, trains_under_autocast, training_dtype
 from tuneforge.models.quantize import four_bit_config
 from tuneforge.models.resolve import resolve
 from tuneforge.train.allocator import return_freed_memory
 from tuneforge.train.dropout import use_bits_dropout
+from tuneforge.train.mixed_precision import for_bf16_autocast
 
 
 def seed_everything(seed: int) -> None:
@@ -31,8 +32,9 @@ def build_model(config: RunConfig, device: torch.device, checkpoint: Path | None
     loaded on the base and trained further, or its full weights.  The returned directory keys the
     cache of the starting model's answers (models/answer_cache.py), so it must name what answers.
 
-    On CUDA, full fine-tuning keeps fp32 master weights (bf16 comes from autocast); LoRA
-    keeps the frozen base in bf16 to halve its memory while peft keeps adapters in fp32, and
+    Where bf16 is native (CUDA, or a CPU with AVX512-BF16 or AMX), full fine-tuning keeps fp32 master
+    weights (bf16 comes from autocast); LoRA keeps the frozen base in bf16 to halve its memory while
+    peft keeps adapters in fp32, and
     QLoRA (model.quantize: 4bit) keeps it in 4-bit NF4, a quarter of bf16.
     """
     if device.type == "cpu":
@@ -43,13 +45,13 @@ def build_model(config: RunConfig, device: torch.device, checkpoint: Path | None
     base_dir = resolve(config.model.name)
     start = saved_fine_tune(config.model.init_from)[0] if config.model.init_from else None
     info = ModelInfo(base_model=config.model.name, method=config.method)
-    dtype = pick_dtype(config.model.dtype, device)
+    dtype = training_dtype(config.model.dtype, device)
     if config.method == "full":
         source = checkpoint / "model" if checkpoint else start or base_dir
         model = load_causal_lm(source, torch.float32 if config.model.dtype == "auto" else dtype)
         model = with_fused_kernels(model, device, config.train.fused_kernels)
         model.requires_grad_(True)
-        return with_training_wrappers(model, config.train), info, start or base_dir
+        return with_training_wrappers(model, config, device), info, start or base_dir
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     if config.model.quantize:
@@ -77,11 +79,15 @@ def build_model(config: RunConfig, device: torch.device, checkpoint: Path | None
         )
     if device.type == "cpu":
         use_bits_dropout(model)
-    return with_training_wrappers(model, config.train), info, start or base_dir
+    return with_training_wrappers(model, config, device), info, start or base_dir
 
 
-def with_training_wrappers(model, train: TrainConfig):
-    """The training-time wrappers that do not change the weights: activation checkpointing, compilation."""
+def with_training_wrappers(model, config: RunConfig, device: torch.device):
+    """The training-time adjustments that do not change the weights: cheaper bf16-autocast paths,
+    activation checkpointing, compilation."""
+    if trains_under_autocast(config.model.dtype, device):
+        model = for_bf16_autocast(model, device)
+    train = config.train
     return with_compiled_layers(with_checkpointing(model, train.gradient_checkpointing), train.compile)
 
 
