@@ -15,7 +15,7 @@ from tuneforge.models.load import ModelInfo, load_causal_lm, saved_fine_tune, tr
 from tuneforge.models.quantize import four_bit_config
 from tuneforge.models.resolve import resolve
 from tuneforge.train.allocator import return_freed_memory
-from tuneforge.train.dropout import use_bits_dropout
+from tuneforge.train.dropout import fold_lora_dropout
 from tuneforge.train.mixed_precision import for_bf16_autocast
 
 
@@ -78,7 +78,7 @@ def build_model(config: RunConfig, device: torch.device, checkpoint: Path | None
             ),
         )
     if device.type == "cpu":
-        use_bits_dropout(model)
+        fold_lora_dropout(model)
     return with_training_wrappers(model, config, device), info, start or base_dir
 
 
