@@ -29,10 +29,16 @@ def gradients(model) -> dict[str, torch.Tensor]:
     return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-head", "checkpointed-head"])
 @pytest.mark.parametrize("chunk", [7, 1024])
-def test_chunked_loss_and_gradients_equal_the_plain_path(model_and_batch, chunk, monkeypatch):
+def test_chunked_loss_and_gradients_equal_the_plain_path(model_and_batch, chunk, fused, monkeypatch):
+    """Both chunked paths: gradients computed in the forward for a plain Linear head, and the head module
+    re-run under checkpointing for any other head (quantized, adapted, sharded)."""
     model, batch = model_and_batch
     monkeypatch.setattr(loss_module, "CHUNK_TOKENS", chunk)  # 7: many chunks, a short last one
+    assert loss_module.plain_linear(model.get_output_embeddings())
+    if not fused:
+        monkeypatch.setattr(loss_module, "plain_linear", lambda head: False)
     plain, _ = loss_sum(model, batch, chunked=False)
     plain.backward()
     expected = gradients(model)
@@ -44,6 +50,24 @@ def test_chunked_loss_and_gradients_equal_the_plain_path(model_and_batch, chunk,
     assert set(got) == set(expected)
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_under_bf16_autocast_the_fused_head_equals_the_checkpointed_one(model_and_batch, monkeypatch):
+    model, batch = model_and_batch
+    results = []
+    for fused in (True, False):
+        monkeypatch.setattr(loss_module, "plain_linear", lambda head, fused=fused: fused)
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            value, _ = loss_sum(model, batch, chunked=True)
+        (value * 0.01).backward()  # a scaled loss, as the loop divides by the trained tokens
+        results.append((value.item(), gradients(model)))
+    (fused_value, fused_grads), (value, grads) = results
+    assert fused_value == pytest.approx(value, rel=1e-3)
+    for name in grads:
+        assert fused_grads[name].dtype == grads[name].dtype
+        torch.testing.assert_close(fused_grads[name], grads[name], rtol=0, atol=2e-2 * grads[name].abs().max().item(),
+                                   msg=name)
 
 
 def test_a_batch_with_nothing_trained_gives_zero(model_and_batch):

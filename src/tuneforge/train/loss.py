@@ -67,8 +67,6 @@ def output_layer(model) -> torch.nn.Module:
 
 def chunked_cross_entropy(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
     """Summed cross-entropy of the trained positions, the LM head applied a chunk at a time."""
-    from torch.utils.checkpoint import checkpoint
-
     states = hidden[:, :-1].reshape(-1, hidden.size(-1))
     targets = labels[:, 1:].reshape(-1)
     trained = targets != IGNORE
@@ -78,6 +76,64 @@ def chunked_cross_entropy(hidden: torch.Tensor, labels: torch.Tensor, head: torc
     padding = -len(targets) % HEAD_ROWS_MULTIPLE
     states = F.pad(states, (0, 0, 0, padding))
     targets = F.pad(targets, (0, padding), value=IGNORE)
+    if plain_linear(head):
+        return LinearCrossEntropy.apply(states, head.weight, targets)
+    return checkpointed_cross_entropy(states, targets, head)
+
+
+def plain_linear(head: torch.nn.Module) -> bool:
+    """A head whose whole forward is `states @ weight.T`: not quantized, adapted, biased or sharded."""
+    from torch.distributed.tensor import DTensor
+
+    return type(head) is torch.nn.Linear and head.bias is None and not isinstance(head.weight, DTensor)
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of `states @ weight.T` against `targets`, with its gradients computed in the
+    forward a chunk at a time, so a chunk's logits live only inside it and backward only scales the
+    gradients: the head runs once, where a checkpointed chunk runs it again in backward (on the training
+    benchmark's CPU steps that recomputation, with its fp32 copy and log-softmax, was ~4% of a step)."""
+
+    @staticmethod
+    def forward(ctx, states: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        grad_states = torch.zeros_like(states) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
+        total = torch.zeros((), dtype=torch.float32, device=states.device)
+        for start in range(0, len(targets), CHUNK_TOKENS):
+            chunk, chunk_targets = states[start:start + CHUNK_TOKENS], targets[start:start + CHUNK_TOKENS]
+            logits = F.linear(chunk, weight)  # under autocast, in its dtype
+            dtype = logits.dtype
+            probabilities = logits.float()
+            del logits
+            trained = chunk_targets != IGNORE
+            index = chunk_targets.clamp(min=0).unsqueeze(1)
+            log_normalizer = torch.logsumexp(probabilities, dim=-1)
+            total += ((log_normalizer - probabilities.gather(1, index).squeeze(1)) * trained).sum()
+            # d(loss)/d(logits) = softmax - one-hot on trained rows, built in the logits' buffer
+            probabilities.sub_(log_normalizer.unsqueeze(1)).exp_()
+            probabilities.scatter_add_(1, index, torch.full_like(probabilities[:, :1], -1.0))
+            grad_logits = probabilities.mul_(trained.unsqueeze(1)).to(dtype)
+            del probabilities
+            if grad_states is not None:
+                grad_states[start:start + CHUNK_TOKENS] = grad_logits @ weight.to(dtype)
+            if grad_weight is not None:
+                grad_weight += grad_logits.T @ chunk.to(dtype)
+        ctx.save_for_backward(grad_states, None if grad_weight is None else grad_weight.to(weight.dtype))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total: torch.Tensor):
+        def scaled(grad: torch.Tensor | None) -> torch.Tensor | None:
+            return None if grad is None else grad * grad_total.to(grad.dtype)
+
+        grad_states, grad_weight = ctx.saved_tensors
+        return scaled(grad_states), scaled(grad_weight), None
+
+
+def checkpointed_cross_entropy(states: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
+    """The same sum through any head module, each chunk under activation checkpointing (recomputed in
+    backward)."""
+    from torch.utils.checkpoint import checkpoint
 
     def chunk_loss(chunk_states: torch.Tensor, chunk_targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(head(chunk_states).float(), chunk_targets, reduction="sum")

@@ -28,6 +28,7 @@ and evaluation or generation outside autocast is untouched.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 
@@ -68,6 +69,47 @@ def bf16_math_attention():
         torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(allowed)
 
 
+class RMSNormKeepingInput(torch.autograd.Function):
+    """`weight * (x / rms(x))` computed in fp32 and rounded to x's dtype, as HF's Llama-family RMSNorm
+    does, keeping x itself (and one fp32 scale per row) for backward instead of its fp32 copy."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        x32 = x.float()
+        inverse_rms = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, weight, inverse_rms)
+        return weight * (x32 * inverse_rms).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight, inverse_rms = ctx.saved_tensors
+        normed32 = x.float() * inverse_rms
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = (grad * normed32.to(x.dtype)).reshape(-1, x.shape[-1]).sum(0).to(weight.dtype)
+        grad_normed = (grad * weight).to(x.dtype).float()
+        grad_x = inverse_rms * (grad_normed - normed32 * (grad_normed * normed32).mean(-1, keepdim=True))
+        return grad_x.to(x.dtype), grad_weight, None
+
+
+def rms_norm_keeping_input(module, hidden_states: torch.Tensor) -> torch.Tensor:
+    if not torch.is_grad_enabled():
+        return type(module).forward(module, hidden_states)
+    return RMSNormKeepingInput.apply(hidden_states, module.weight, module.variance_epsilon)
+
+
+def computes_like_llama_rms_norm(module) -> bool:
+    """Whether this norm's own forward gives exactly RMSNormKeepingInput's output, checked on a bf16 probe
+    (Gemma's `1 + weight` or a norm that rounds elsewhere does not, and keeps its own forward)."""
+    weight = getattr(module, "weight", None)
+    eps = getattr(module, "variance_epsilon", None)
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 1 or not isinstance(eps, float):
+        return False
+    probe = torch.randn(3, weight.shape[0], generator=torch.Generator().manual_seed(0)).to(weight.device, torch.bfloat16)
+    with torch.no_grad():
+        return torch.equal(module(probe), RMSNormKeepingInput.apply(probe, weight, eps))
+
+
 def register_attention() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
@@ -82,6 +124,14 @@ def for_bf16_autocast(model, device: torch.device):
     for module in model.modules():
         if hasattr(module, "cast_input_dtype_enabled"):
             module.cast_input_dtype_enabled = CastUnlessAutocast()
+    checked: dict[type, bool] = {}
+    for module in model.modules():
+        kind = type(module)
+        if hasattr(module, "variance_epsilon"):
+            if kind not in checked:
+                checked[kind] = computes_like_llama_rms_norm(module)
+            if checked[kind]:
+                module.forward = partial(rms_norm_keeping_input, module)
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     if device.type == "cpu" and getattr(inner.config, "_attn_implementation", None) == "sdpa":
         register_attention()
