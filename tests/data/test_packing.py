@@ -185,6 +185,9 @@ def test_collate_packed_ignores_boundaries_and_restarts_positions():
     assert batch["position_ids"][1, :2].tolist() == [0, 1]
     assert batch["tokens"].tolist() == [7, 2]
     assert batch["replay"].tolist() == [False, False]
+    wide = collate_packed([[first, second], [lone]], pad_id=0, multiple=8)  # one padding column more
+    assert wide["input_ids"].shape == (2, 8) and wide["tokens"].tolist() == [7, 2]
+    assert torch.equal(wide["labels"][:, :7], batch["labels"]) and (wide["labels"][:, 7] == IGNORE).all()
 
 
 def test_collate_packed_mask_is_block_diagonal_causal_in_the_given_dtype():
