@@ -26,7 +26,8 @@ class Section(BaseModel):
 class ModelConfig(Section):
     name: str = Field(DEFAULT_MODEL, description="local HF directory, hub id, PATH.gguf, or embedded:NAME")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: float32 on CPU (no fast bf16 there), bfloat16 on CUDA"
+        "auto", description="auto: training in bf16 (a LoRA base in bfloat16, bf16 autocast) where bf16 is native: CUDA, "
+        "CPUs with AVX512-BF16 or AMX; float32 elsewhere. Inference: bfloat16 on CUDA, float32 on CPU"
     )
     quantize: Literal["4bit"] | None = Field(
         None, description="4bit: QLoRA, the frozen base in 4-bit NF4 (bitsandbytes, CUDA only; method lora)"

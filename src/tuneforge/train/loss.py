@@ -44,12 +44,7 @@ def loss_sum(
     rows = batch.get("replay")
     needs_kl = kl_weight > 0 and rows is not None and bool(rows.any())
     if chunked and not needs_kl:  # the KL term needs every trained position's logits anyway
-        # One position of logits, picked by index: a gathered (batch, 1, hidden) copy is contiguous, while
-        # logits_to_keep=1 slices a strided view that CPU matmuls take a slow path for (148 ms per call
-        # in bf16 for SmolLM2's 49k-word head, 2 ms contiguous).
-        first = torch.zeros(1, dtype=torch.long, device=batch["input_ids"].device)
-        output = model(**model_inputs(batch), logits_to_keep=first, output_hidden_states=True)
-        cross_entropy = chunked_cross_entropy(output.hidden_states[-1], batch["labels"], output_layer(model))
+        cross_entropy = chunked_cross_entropy(last_hidden_state(model, batch), batch["labels"], output_layer(model))
         return cross_entropy, torch.zeros((), device=cross_entropy.device)
     logits = model(**model_inputs(batch)).logits
     shifted = logits[:, :-1].reshape(-1, logits.size(-1)).float()
@@ -63,6 +58,26 @@ def loss_sum(
 def output_layer(model) -> torch.nn.Module:
     """The LM head, through any DDP or PEFT wrapping."""
     return getattr(model, "module", model).get_output_embeddings()
+
+
+def last_hidden_state(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The decoder's output for the batch, taken by a hook as the model runs (through its DDP, FSDP or PEFT
+    wrapping), with one position of logits.
+
+    A hook rather than `output_hidden_states`: that tuple keeps every layer's states, and accelerate's
+    mixed-precision wrapper converts all of them to fp32.  The one position is picked by index: a
+    gathered (batch, 1, hidden) copy is contiguous, while logits_to_keep=1 slices a strided view that
+    CPU matmuls take a slow path for (148 ms per call in bf16 for SmolLM2's 49k-word head, 2 ms contiguous).
+    """
+    captured: list[torch.Tensor] = []
+    decoder = getattr(model, "module", model).get_decoder()
+    handle = decoder.register_forward_hook(lambda module, args, output: captured.append(output[0]))
+    try:
+        first = torch.zeros(1, dtype=torch.long, device=batch["input_ids"].device)
+        model(**model_inputs(batch), logits_to_keep=first)
+    finally:
+        handle.remove()
+    return captured[-1]
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
@@ -109,6 +124,8 @@ class LinearCrossEntropy(torch.autograd.Function):
             index = chunk_targets.clamp(min=0).unsqueeze(1)
             log_normalizer = torch.logsumexp(probabilities, dim=-1)
             total += ((log_normalizer - probabilities.gather(1, index).squeeze(1)) * trained).sum()
+            if grad_states is None and grad_weight is None:  # evaluation: the value alone
+                continue
             # d(loss)/d(logits) = softmax - one-hot on trained rows, built in the logits' buffer
             probabilities.sub_(log_normalizer.unsqueeze(1)).exp_()
             probabilities.scatter_add_(1, index, torch.full_like(probabilities[:, :1], -1.0))
