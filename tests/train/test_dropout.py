@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tuneforge.train.dropout import DroppingLinear, drop_mask, fold_lora_dropout
+from tuneforge.train.dropout import DroppingLinear, fold_lora_dropout, keep_mask
 
 
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
 def test_drop_rate_and_independence(p):
     torch.manual_seed(0)
-    mask = drop_mask(torch.Size([1000, 999]), p, torch.device("cpu"))  # not a multiple of the lanes
+    mask = ~keep_mask(torch.Size([1000, 999]), p, torch.device("cpu"))  # not a multiple of the lanes
     assert mask.shape == (1000, 999) and mask.dtype == torch.bool
     rate = mask.float().mean().item()
     assert abs(rate - p) < 4 * (p * (1 - p) / mask.numel()) ** 0.5 + 1 / 65536
@@ -36,7 +36,7 @@ def test_folded_dropout_equals_dropout_then_matmul(autocast):
         torch.manual_seed(2)
         y = folded(x)
         torch.manual_seed(2)
-        mask = drop_mask(x.shape, 0.25, x.device)
+        mask = ~keep_mask(x.shape, 0.25, x.device)
         reference = torch.nn.functional.linear(x.masked_fill(mask, 0.0) / 0.75, linear.weight)
     assert y.dtype == reference.dtype == (torch.bfloat16 if autocast else torch.float32)
     upstream = torch.randn(y.shape)
@@ -72,7 +72,7 @@ def test_projections_of_one_input_keep_it_once():
 def test_the_same_seed_gives_the_same_masks():
     def masks(seed):
         torch.manual_seed(seed)
-        return [drop_mask(torch.Size([50, 70]), 0.1, torch.device("cpu")) for _ in range(3)]
+        return [keep_mask(torch.Size([50, 70]), 0.1, torch.device("cpu")) for _ in range(3)]
 
     assert all(torch.equal(a, b) for a, b in zip(masks(3), masks(3)))
     assert not all(torch.equal(a, b) for a, b in zip(masks(3), masks(4)))

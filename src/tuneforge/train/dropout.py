@@ -6,9 +6,9 @@ benchmark (bench/RESULTS.md, 2-core CPU):
 
 - Time.  torch's CPU dropout draws one Bernoulli sample per element: 1.56 ms per 260 x 1536 fp32
   call, about 13% of a SmolLM2-135M LoRA step.  Here one 64-bit draw (`random_` over the whole
-  int64 range) gives four 16-bit lanes, each compared with one threshold, and `torch.where` applies
-  the mask: 0.18 ms for a 272 x 576 bf16 input (`masked_fill` takes 1.6x as long as `where`, a
-  multiply by the boolean mask 2x).  Each element is dropped with probability p to within 1/65536,
+  int64 range) gives four 16-bit lanes, each compared with one threshold, and the input is
+  multiplied by the mask as 0/1 values (converted through uint8: bool converts 6x slower): on a
+  272 x 576 bf16 input the multiply takes 14 us where `torch.where` takes 41 and `masked_fill` 62.  Each element is dropped with probability p to within 1/65536,
   from the same seeded generator, so resume stays exact.
 - Memory.  Autograd keeps, per adapted layer, the boolean mask and the dropped copy of the input
   (3 bytes per element in bf16); q, k and v read the same input, so a decoder layer keeps three
@@ -37,11 +37,16 @@ def drop_threshold(p: float) -> int:
     return min(round(65536 * (1.0 - p)) - 32768, 32767)
 
 
-def drop_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
-    """A boolean mask that is True (drop) with probability p, from torch's default generator."""
+def keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
+    """A boolean mask that is False (drop) with probability p, from torch's default generator."""
     count = shape.numel()
     words = torch.empty((count + LANES - 1) // LANES, dtype=torch.int64, device=device).random_(-(2**63), 2**63 - 1)
-    return (words.view(torch.int16)[:count] >= drop_threshold(p)).view(shape)
+    return (words.view(torch.int16)[:count] < drop_threshold(p)).view(shape)
+
+
+def as_values(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The mask as 0/1 values to multiply by: through uint8, which converts ~6x faster than bool."""
+    return keep.view(torch.uint8).to(dtype)
 
 
 class DropThenProject(torch.autograd.Function):
@@ -49,24 +54,24 @@ class DropThenProject(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, p: float) -> torch.Tensor:
-        mask = drop_mask(x.shape, p, x.device)
-        out = F.linear(torch.where(mask, 0.0, x), weight).mul_(1.0 / (1.0 - p))  # autocast picks the dtype
+        keep = keep_mask(x.shape, p, x.device)
+        out = F.linear(x * as_values(keep, x.dtype), weight).mul_(1.0 / (1.0 - p))  # autocast picks the dtype
         ctx.save_for_backward(x, weight)
-        ctx.mask_bits = np.packbits(mask.numpy().reshape(-1))
+        ctx.keep_bits = np.packbits(keep.numpy().reshape(-1))
         ctx.p = p
         return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         x, weight = ctx.saved_tensors
-        mask = torch.from_numpy(np.unpackbits(ctx.mask_bits, count=x.numel()).view(np.bool_)).view(x.shape)
+        keep = torch.from_numpy(np.unpackbits(ctx.keep_bits, count=x.numel())).view(x.shape).to(x.dtype)
         grad = grad_out * (1.0 / (1.0 - ctx.p))
         dtype = grad.dtype  # the forward's matmul dtype
         grad_x = grad_weight = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.where(mask, 0.0, grad @ weight.to(dtype)).to(x.dtype)
+            grad_x = (grad @ weight.to(dtype)).to(x.dtype) * keep
         if ctx.needs_input_grad[1]:
-            dropped = torch.where(mask, 0.0, x).to(dtype)
+            dropped = (x * keep).to(dtype)
             grad_weight = (grad.reshape(-1, grad.shape[-1]).T @ dropped.reshape(-1, x.shape[-1])).to(weight.dtype)
         return grad_x, grad_weight, None
 
