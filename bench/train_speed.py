@@ -25,6 +25,10 @@ Batch order differs: tuneforge groups batches by length within shuffled windows,
 sampler is random, so TRL's batches carry more padding (the table shows how much);
 `--trl-sampler group_by_length` gives the baseline length-grouped batches too.
 
+The trainers alternate for --rounds rounds (tuneforge, TRL, tuneforge, TRL, ...; 3 by default) and
+each one's row is its median round by tokens/s, every round's figure printed beneath: the 2-core
+machine's speed drifts by 10-20% over minutes, and one slow spell would otherwise decide the ratio.
+
 Measured in each child: the time at the end of every optimizer step (tuneforge: its `stop`
 callback; TRL: a `TrainerCallback.on_step_end`) and the non-padding tokens (attention-mask sum)
 of every batch, counted as the trainer's collate function builds it.  tokens/s is the non-pad
@@ -51,7 +55,8 @@ weights need all three.  N_base counts every parameter of the model once (134.5M
 embedding matrix is also the output head's matmul); attention-score FLOPs (~2% at these lengths)
 and the compute spent on padding are not counted.
 
-    python bench/train_speed.py                        # 30 steps each (several minutes on 2 cores)
+    python bench/train_speed.py                        # 30 steps each, 3 rounds (~8 minutes on 2 cores)
+    python bench/train_speed.py --rounds 1             # one run of each
     python bench/train_speed.py --steps 10 --tokens 5000 --out speed.json
     python bench/train_speed.py --trl-sampler group_by_length   # a baseline with little padding too
     python bench/train_speed.py --only tuneforge       # no baseline (it needs `pip install -e .[bench]`)
@@ -380,6 +385,11 @@ def child_trl(args) -> dict:
     }
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median tokens/s (the faster middle one of an even count)."""
+    return sorted(runs, key=lambda r: r["tokens_per_s"])[len(runs) // 2]
+
+
 def run_child(name: str, args) -> dict:
     result_path, log_path = args.work / f"{name}.json", args.work / f"{name}.log"
     command = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--data", str(args.data),
@@ -425,6 +435,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per trainer (the first 3 are warm-up)")
     parser.add_argument("--tokens", type=int, default=20_000, help="repeat the data to this many tokens")
     parser.add_argument("--only", nargs="+", choices=TRAINERS, default=list(TRAINERS))
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternate the trainers this many times and report each one's median run: the "
+                             "shared machine's speed drifts by 10-20%% over minutes")
     parser.add_argument("--trl-loss", choices=["assistant", "completion", "full"], default="assistant",
                         help="the baseline's loss mask (see above)")
     parser.add_argument("--trl-sampler", choices=["random", "group_by_length"], default="random",
@@ -479,13 +492,16 @@ def main() -> None:
           f"work dir {args.work}"
           + (" (kept)" if args.keep else " (removed at the end; --keep keeps it)"), file=sys.stderr, flush=True)
 
-    results = {}
-    for name in args.only:
-        print(f"training with {name} ({args.steps} steps) ...", file=sys.stderr, flush=True)
-        results[name] = run_child(name, args)
-        r = results[name]
-        print(f"finished {name}: {r['tokens_per_s']:.1f} tokens/s, process {r['process_wall_s']:.0f} s",
-              file=sys.stderr, flush=True)
+    runs: dict[str, list[dict]] = {name: [] for name in args.only}
+    for round_number in range(1, args.rounds + 1):  # the trainers alternate, so a slow spell hits both
+        for name in args.only:
+            print(f"round {round_number}/{args.rounds}: training with {name} ({args.steps} steps) ...",
+                  file=sys.stderr, flush=True)
+            r = run_child(name, args)
+            runs[name].append(r)
+            print(f"finished {name}: {r['tokens_per_s']:.1f} tokens/s, process {r['process_wall_s']:.0f} s",
+                  file=sys.stderr, flush=True)
+    results = {name: median_run(name_runs) for name, name_runs in runs.items()}
 
     peak = peaks[peak_name]
     peak_after = matmul_peak(peak_name, "cuda" if cuda else "cpu")  # did the machine change under us?
@@ -501,6 +517,10 @@ def main() -> None:
           f"(all parameters, tied embedding = output head counted once), N_lora = {sizes['n_lora']:,}: "
           f"{sizes['flops_per_token'] / 1e6:,.1f} MFLOP per token\n")
     print(table(results, peak, sizes["flops_per_token"]))
+    if args.rounds > 1:
+        print(f"\n(each row: the median of {args.rounds} alternating rounds by tokens/s; every round: "
+              + "; ".join(f"{name} " + ", ".join(f"{r['tokens_per_s']:.1f}" for r in name_runs)
+                          for name, name_runs in runs.items()) + " tokens/s)")
     print()
     for name, r in results.items():
         print(f"{name}: loss mask {r['loss_mask']}; dataset {r['dataset_tokens']:,} tokens, "
@@ -515,7 +535,7 @@ def main() -> None:
             "model": model_label, "steps": args.steps, "warmup_steps": WARMUP_STEPS, "batch_size": BATCH_SIZE,
             "max_length": MAX_LEN, "learning_rate": LEARNING_RATE, "lora": LORA, "device": device,
             "data": data, "matmul_peak_flops": peaks, "mfu_peak": peak_name, "matmul_peak_after_flops": peak_after,
-            **sizes, "results": results,
+            **sizes, "results": results, "rounds": runs,
         }, indent=2))
     if not args.keep:
         shutil.rmtree(args.work, ignore_errors=True)
