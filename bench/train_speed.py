@@ -55,7 +55,7 @@ weights need all three.  N_base counts every parameter of the model once (134.5M
 embedding matrix is also the output head's matmul); attention-score FLOPs (~2% at these lengths)
 and the compute spent on padding are not counted.
 
-    python bench/train_speed.py                        # 30 steps each, 3 rounds (~8 minutes on 2 cores)
+    python bench/train_speed.py                        # 30 steps each, 3 rounds (~5 minutes on 2 cores)
     python bench/train_speed.py --rounds 1             # one run of each
     python bench/train_speed.py --steps 10 --tokens 5000 --out speed.json
     python bench/train_speed.py --trl-sampler group_by_length   # a baseline with little padding too
