@@ -385,6 +385,12 @@ def child_trl(args) -> dict:
     }
 
 
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def median_run(runs: list[dict]) -> dict:
     """The run with the median tokens/s (the faster middle one of an even count)."""
     return sorted(runs, key=lambda r: r["tokens_per_s"])[len(runs) // 2]
@@ -435,7 +441,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per trainer (the first 3 are warm-up)")
     parser.add_argument("--tokens", type=int, default=20_000, help="repeat the data to this many tokens")
     parser.add_argument("--only", nargs="+", choices=TRAINERS, default=list(TRAINERS))
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--rounds", type=positive_int, default=3,
                         help="alternate the trainers this many times and report each one's median run: the "
                              "shared machine's speed drifts by 10-20%% over minutes")
     parser.add_argument("--trl-loss", choices=["assistant", "completion", "full"], default="assistant",

@@ -1,8 +1,8 @@
-"""Two adjustments that make bf16-autocast training cheaper, set once on the model being trained.
+"""Three adjustments that make bf16-autocast training cheaper, set once on the model being trained.
 
-Each decides per call, from the inputs and the autocast state alone, so a recomputation under
-gradient checkpointing (which restores autocast) takes the same path as the forward it repeats,
-and evaluation or generation outside autocast is untouched.
+Each decides per call, from the inputs and the autocast or grad-mode state alone, so a recomputation
+under gradient checkpointing (which restores autocast) takes the same path as the forward it repeats,
+and evaluation or generation (no autocast, or no gradients) computes what the unadjusted model does.
 
 - peft's LoRA layers copy their input to the adapters' dtype (fp32) before dropout, and autocast
   then copies it back to bf16 for the adapter's matmul: two copies per adapted layer for the same
@@ -23,6 +23,10 @@ and evaluation or generation outside autocast is untouched.
   of the difference), flash's by 0.3-0.5%: both the precision of bf16.  What the math kernel keeps
   grows with the square of the row, so rows of at most MATH_ATTENTION_UP_TO positions take it and
   longer rows keep flash.
+- HF's Llama-family RMSNorm copies its bf16 input to fp32, and autograd keeps that copy for backward
+  (2.3 KB per token and norm for SmolLM2).  `RMSNormKeepingInput` computes the same output and keeps
+  the bf16 input (which the residual stream holds anyway) and one fp32 scale per row; each norm class
+  is checked on a probe to give bit-identical outputs before its modules use it.
 """
 
 from __future__ import annotations
