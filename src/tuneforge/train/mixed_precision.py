@@ -25,7 +25,7 @@ and evaluation or generation (no autocast, or no gradients) computes what the un
   longer rows keep flash.
 - HF's Llama-family RMSNorm copies its bf16 input to fp32, and autograd keeps that copy for backward
   (2.3 KB per token and norm for SmolLM2).  `RMSNormKeepingInput` computes the same output and keeps
-  the bf16 input (which the residual stream holds anyway) and one fp32 scale per row; each norm class
+  the bf16 input itself (half the bytes) and one fp32 scale per row; each norm class
   is checked on a probe to give bit-identical outputs before its modules use it.
 """
 
