@@ -69,7 +69,9 @@ def test_a_retrain_that_wins_is_registered_and_promoted(production, curated, tmp
     assert report["version"] == "v2" and report["alias"] == "production" and report["parent"] == "v1"
     primary = report["primary_metric"]
     assert primary["name"] == "loss" and primary["candidate"] < primary["production"]
-    assert primary["production"] == pytest.approx(production_losses[-1], rel=1e-5)  # the same held-out data
+    # The same held-out data: retrain evaluates the saved model in fp32, while training evaluated it under bf16
+    # autocast where the CPU has native bf16, so the two agree to bf16's precision, not float32's.
+    assert primary["production"] == pytest.approx(production_losses[-1], rel=1e-3)
     assert [g["passed"] for g in report["gates"]] == [True]
     assert new.eval["retrain"]["promoted"] is True
     assert {"base", "production", "tuned"} <= set(new.eval["evaluations"]["validation"])  # base: for `loss <= base`
