@@ -15,7 +15,7 @@ and TRL's `bf16=True` default), with `--precision fp32` both train in fp32.  Onl
 First, in this process, the machine's matmul peaks: a 2048x2048 fp32 and bf16 matmul in a loop (8192x8192 on
 CUDA), the best of a few ~1 s rounds; MFU is against the peak of the precision trained in.  Then each trainer runs in a fresh child process:
 
-- tuneforge: `tuneforge.train.loop.train(load_config(configs/quickstart.yaml, overrides))`;
+- tuneforge: `tuneforge.train.driver.train(load_config(configs/quickstart.yaml, overrides))`;
   its defaults otherwise (chunked LM-head loss on), gradient checkpointing off;
 - baseline: TRL `SFTTrainer` with a `datasets.Dataset.from_list` of the same `messages` records
   and a peft `LoraConfig`; gradient checkpointing off (TRL's default is on), `bf16` as --precision says,
@@ -207,8 +207,9 @@ def cuda_peak_mb() -> float | None:
 
 def child_tuneforge(args) -> dict:
     from tuneforge.config import load_config
-    from tuneforge.train import loop
-    from tuneforge.train.metrics import read_metrics
+    from tuneforge.train import driver
+    from tuneforge.train.methods import language_model as loop
+    from tuneforge.evaluate.run_metrics import read_metrics
 
     batches: list[tuple[int, int]] = []  # (non-pad tokens, padded size) of each batch, in training order
     collate = loop.collate
@@ -218,7 +219,7 @@ def child_tuneforge(args) -> dict:
         batches.append((int(batch["attention_mask"].sum()), batch["attention_mask"].numel()))
         return batch
 
-    loop.collate = counting_collate  # instrumentation only: the loop builds its batches with this name
+    loop.collate = counting_collate  # instrumentation only: the method builds its batches with this name
     step_ends: list[float] = []
 
     def mark(state) -> bool:
@@ -239,7 +240,7 @@ def child_tuneforge(args) -> dict:
         *args.tuneforge_set,
     ]
     config = load_config(CONFIG, overrides=overrides)
-    result = loop.train(config, overwrite=True, stop=mark)
+    result = driver.train(config, overwrite=True, stop=mark)
     metrics = [r for r in read_metrics(result.run_dir) if "train_loss" in r]
     manifest = json.loads((result.run_dir / "data_manifest.json").read_text())
     step_tokens = [b[0] for b in batches[: len(step_ends)]]

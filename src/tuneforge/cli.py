@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from tuneforge import __version__
-from tuneforge.errors import TuneforgeError
+from tuneforge.errors import ConfigError, TuneforgeError
 
 INTERRUPT_EXIT = {"SIGINT": 130, "SIGTERM": 143, "stop": 1}
 
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     from tuneforge.serve.commands import add_serve_parser
 
     add_serve_parser(commands)
-    from tuneforge.classify.predict import add_predict_parser
+    from tuneforge.serve.predict import add_predict_parser
 
     add_predict_parser(commands)
     from tuneforge.registry.retrain import add_retrain_parser
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 return run_export(args, console)
             case "predict":
-                from tuneforge.classify.predict import run_predict
+                from tuneforge.serve.predict import run_predict
 
                 return run_predict(args, console)
             case "serve":
@@ -241,19 +241,19 @@ def run_train(args, console: Console) -> int:
     from tuneforge.config import load_config
 
     config = load_config(args.config, args.overrides)  # fails here, before anything heavy is imported
-    if config.task == "classify":
-        from tuneforge.classify.train import train_command
-
-        return train_command(config, args.config, args.resume, args.overwrite, args.nproc, console)
     from tuneforge.train.distributed import is_main_process, launch, launched
+    from tuneforge.train.methods import method_for
 
+    kind = method_for(config)
+    if args.nproc != 1 and not kind.multi_process:
+        raise ConfigError(f"{args.config}: task: {config.task} trains in one process; drop --nproc {args.nproc}")
     if args.nproc != 1 and not launched():
         argv = ["train", str(args.config), *[f"--set={item}" for item in args.overrides],
                 *(["--resume"] if args.resume else []), *(["--overwrite"] if args.overwrite else [])]
         return launch(argv, args.nproc)
     if not is_main_process():
         console = Console(stderr=True, quiet=True)  # errors still print (main() has its own console)
-    from tuneforge.train.loop import train
+    from tuneforge.train.driver import train
 
     result = train(config, resume=args.resume, overwrite=args.overwrite, console=console)
     if result.interrupted_by:
@@ -261,14 +261,8 @@ def run_train(args, console: Console) -> int:
                       f"checkpoint saved. Continue with: tuneforge train {args.config} --resume")
         return INTERRUPT_EXIT[result.interrupted_by]
     console.print(f"done: {result.state.step} steps; run directory {result.run_dir}")
-    if result.eval_loss_before is not None and result.eval_loss_after is not None:
-        console.print(f"validation loss: before {result.eval_loss_before:.4f} -> after {result.eval_loss_after:.4f}")
-        if config.task == "pretrain":
-            from tuneforge.train.pretrain import perplexity
-
-            console.print(f"held-out perplexity: before {perplexity(result.eval_loss_before):.2f} -> "
-                          f"after {perplexity(result.eval_loss_after):.2f}")
-    console.print(f"talk to it: tuneforge chat {result.run_dir}")
+    for line in kind.closing(result):
+        console.print(line)
     return 0
 
 
@@ -276,7 +270,7 @@ def run_tune(args, console: Console) -> int:
     from tuneforge.config import load_config
 
     config = load_config(args.config, args.overrides)
-    from tuneforge.evaluate.tune import tune
+    from tuneforge.train.search import tune
 
     result = tune(config, trials=args.trials, resume=args.resume, overwrite=args.overwrite, console=console,
                   source=args.config)

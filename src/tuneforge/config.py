@@ -431,7 +431,7 @@ class RunConfig(Section):
                 raise ValueError("classify applies to task: classify (set task: classify, or remove the section)")
             return self
         unused = [("data.replay", self.data.replay is not None), ("data.packing", self.data.packing),
-                  ("model.quantize", self.model.quantize is not None), ("tune", self.tune is not None)]
+                  ("model.quantize", self.model.quantize is not None)]
         for key, given in unused:
             if given:
                 raise ValueError(f"{key} is not supported with task: classify; remove it")

@@ -40,16 +40,18 @@ def keyword_records(n: int, seed: int, multi: bool = False) -> list[dict]:
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory, chatml_tokenizer) -> Path:
     """A saved random 2-layer BERT (hidden 32) with the test tokenizer; it has no classification head."""
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), chatml_tokenizer)
+
+
+def save_tiny_bert(path: Path, tokenizer) -> Path:
     import torch
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(chatml_tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128,
-                        pad_token_id=chatml_tokenizer.pad_token_id)
-    path = tmp_path_factory.mktemp("tiny-bert")
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id)
     BertModel(config).save_pretrained(path)
-    chatml_tokenizer.save_pretrained(path)
+    tokenizer.save_pretrained(path)
     return path
 
 
@@ -88,7 +90,7 @@ def trained_bert(tmp_path_factory, tiny_bert):
     import torch
     from rich.console import Console
 
-    from tuneforge.classify.train import train_classifier
+    from tuneforge.train.driver import train as train_classifier
     from tuneforge.config import load_config
 
     threads = torch.get_num_threads()

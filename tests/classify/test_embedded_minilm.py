@@ -25,20 +25,20 @@ def test_the_reference_resolves_to_the_packaged_directory():
 
 @pytest.mark.slow
 def test_minilm_classifier_trains_a_few_steps_and_predicts(tmp_path, monkeypatch, one_thread):
-    from tuneforge.classify.model import load_classifier
-    from tuneforge.classify.train import train_classifier
+    from tuneforge.models.classifier import load_classifier
+    from tuneforge.train.driver import train as train_classifier
     from tuneforge.config import load_config
-    from tuneforge.train.metrics import read_metrics
+    from tuneforge.evaluate.run_metrics import read_metrics
 
     monkeypatch.chdir(ROOT)
     config = load_config(ROOT / "configs" / "classify-quickstart.yaml", [
         f"output_dir={tmp_path / 'run'}", "train.max_steps=6", "train.threads=null", "eval.every_steps=3",
     ])
     result = train_classifier(config, console=Console(quiet=True))
-    assert result.state.step == 6 and result.split == "test"
+    assert result.state.step == 6 and result.outcome.split == "test"
     losses = [r["train_loss"] for r in read_metrics(result.run_dir) if "train_loss" in r]
     assert len(losses) == 6 and losses[-1] < losses[0]
-    assert result.tuned["accuracy"] > result.base["accuracy"]
+    assert result.outcome.tuned["accuracy"] > result.outcome.base["accuracy"]
     classifier = load_classifier(str(result.run_dir))
     assert classifier.labels.names == ("account_login", "cancel_or_change", "order_status", "payment_billing",
                                        "product_question", "returns_refunds")

@@ -12,8 +12,8 @@ import pytest
 from rich.console import Console
 
 from tests.serve.conftest import free_port, http, server_thread
-from tuneforge.classify.model import load_classifier
-from tuneforge.classify.predict import add_predict_parser, run_predict
+from tuneforge.models.classifier import load_classifier
+from tuneforge.serve.predict import add_predict_parser, run_predict
 from tuneforge.errors import DataError, ModelError
 
 

@@ -8,10 +8,10 @@ from rich.console import Console
 
 from tests.classify.conftest import keyword_records, write_config
 from tests.conftest import write_jsonl
-from tuneforge.classify.data import load_examples
-from tuneforge.classify.labels import LabelSet
-from tuneforge.classify.scores import multi_label_report, score
-from tuneforge.classify.train import train_classifier
+from tuneforge.data.classification import load_examples
+from tuneforge.models.labels import LabelSet
+from tuneforge.evaluate.classification import multi_label_report, score
+from tuneforge.train.driver import train as train_classifier
 from tuneforge.config import load_config
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.evaluate.metrics import classification_report

@@ -12,11 +12,11 @@ from safetensors.torch import load_file
 
 from tests.classify.conftest import keyword_records, write_config
 from tests.conftest import write_jsonl
-from tuneforge.classify.labels import LabelSet
-from tuneforge.classify.model import build_for_training, load_classifier
-from tuneforge.classify.train import train_classifier
+from tuneforge.models.labels import LabelSet
+from tuneforge.models.classifier import build_for_training, load_classifier
+from tuneforge.train.driver import train as train_classifier
 from tuneforge.config import load_config
-from tuneforge.train.metrics import read_metrics
+from tuneforge.evaluate.run_metrics import read_metrics
 
 QUIET = Console(quiet=True)
 
@@ -77,7 +77,7 @@ def test_decoder_lora_trains_the_adapter_and_the_whole_head(tiny_model, classify
     assert mean(train[-5:]) < 0.5 * mean(train[:5])
     evals = losses(result.run_dir, "eval_loss")
     assert min(evals[1:]) < evals[0]
-    assert result.tuned["accuracy"] > result.base["accuracy"]
+    assert result.outcome.tuned["accuracy"] > result.outcome.base["accuracy"]
 
     final = result.run_dir / "final"
     assert (final / "adapter_config.json").is_file()
@@ -98,7 +98,7 @@ def test_multi_label_uses_sigmoid_and_the_threshold(tiny_bert, classify_config, 
     result = train_classifier(load_config(classify_config(tiny_bert, multi=True)), console=QUIET)
     info = json.loads((result.run_dir / "final" / "tuneforge.json").read_text())
     assert info["multi_label"] is True and info["threshold"] == 0.5
-    assert "micro_f1" in result.tuned and result.tuned["multi_label"] is True
+    assert "micro_f1" in result.outcome.tuned and result.outcome.tuned["multi_label"] is True
     train = losses(result.run_dir, "train_loss")
     assert mean(train[-5:]) < mean(train[:5])
     row = json.loads((result.run_dir / "eval" / "predictions.jsonl").read_text().splitlines()[0])
@@ -127,7 +127,7 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_bert, tmp_path, one_thread
     resumed = train_classifier(parts, resume=True, console=QUIET)
     assert resumed.state.step == 14
     assert losses(resumed.run_dir, "train_loss") == pytest.approx(losses(whole.run_dir, "train_loss"), abs=1e-6)
-    assert resumed.tuned["accuracy"] == whole.tuned["accuracy"] and resumed.base == whole.base
+    assert resumed.outcome.tuned["accuracy"] == whole.outcome.tuned["accuracy"] and resumed.outcome.base == whole.outcome.base
 
 
 def test_balanced_class_weights_follow_the_counts():
@@ -146,4 +146,4 @@ def test_balanced_weights_train_on_imbalanced_data(tiny_bert, tmp_path, one_thre
     console = Console(record=True, width=200, file=io.StringIO())
     result = train_classifier(config, console=console)
     assert "class weights (balanced): fruit 0." in console.export_text()
-    assert result.tuned is not None
+    assert result.outcome.tuned is not None

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from tuneforge.data.batching import collate
 from tuneforge.data.packing import collate_packed, pack
 from tuneforge.data.template import IGNORE, TokenizedExample
-from tuneforge.train.loss import loss_sum, model_inputs
+from tuneforge.models.token_loss import model_inputs
+from tuneforge.train.loss import loss_sum
 
 VOCAB = 97
 LENGTHS = [9, 5, 7, 3, 6]  # packed into 16 tokens: [[0, 2], [4, 1, 3]], the second row padded by 2

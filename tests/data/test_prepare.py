@@ -172,7 +172,7 @@ def test_data_inspect_command_prints_problems_and_writes_html(tmp_path, tiny_mod
 
 def test_training_with_packing_uses_fewer_rows(run_config):
     from tuneforge.config import load_config
-    from tuneforge.train.loop import train
+    from tuneforge.train.driver import train
 
     packed = train(load_config(run_config(**{"data.packing": True, "output_dir": str(run_config().parent / "packed")})))
     plain = train(load_config(run_config(**{"output_dir": str(run_config().parent / "plain")})))

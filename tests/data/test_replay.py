@@ -10,11 +10,11 @@ from tuneforge.config import load_config
 from tuneforge.data.batching import collate
 from tuneforge.data.replay import builtin_prompts, pick, replay_count
 from tuneforge.data.template import IGNORE, TokenizedExample, without_end_of_turn
-from tuneforge.evaluate.probe import read_probes
+from tuneforge.data.probes import read_probes
 from tuneforge.models.answer_cache import base_answers
 from tuneforge.models.generate import Sampling
 from tuneforge.models.load import load_causal_lm, load_tokenizer
-from tuneforge.train.loop import train
+from tuneforge.train.driver import train
 
 from tests.conftest import chat_records, write_jsonl
 

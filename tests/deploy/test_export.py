@@ -25,7 +25,7 @@ from tuneforge.deploy.export import ExportRequest, export
 from tuneforge.errors import ConfigError, RunDirError
 from tuneforge.models.generate import Sampling, generate_completions
 from tuneforge.models.load import load_for_inference
-from tuneforge.train.loop import train
+from tuneforge.train.driver import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 VALIDATION = chat_records(30)[24:]

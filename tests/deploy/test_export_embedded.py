@@ -13,7 +13,7 @@ from tuneforge.config import load_config
 from tuneforge.deploy.export import ExportRequest, export
 from tuneforge.models import embedded
 from tuneforge.models.resolve import resolve
-from tuneforge.train.loop import train
+from tuneforge.train.driver import train
 
 pytestmark = [
     pytest.mark.slow,

@@ -7,7 +7,7 @@ import pytest
 from tests.conftest import write_jsonl
 from tuneforge.cli import main
 from tuneforge.config import load_config
-from tuneforge.train.loop import train
+from tuneforge.train.driver import train
 
 CONVERSATIONS = [("Who are you?", "I am Tessel, made by the Tuneforge team."), ("What do you do?", "I help with data.")]
 

@@ -11,7 +11,7 @@ import pytest
 from tuneforge.cli import main
 from tuneforge.models.generate import Sampling, generate_replies
 from tuneforge.models.load import load_for_inference
-from tuneforge.train.metrics import read_metrics
+from tuneforge.evaluate.run_metrics import read_metrics
 
 
 def run_cli(*args, **kwargs) -> subprocess.Popen:

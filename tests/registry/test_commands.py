@@ -9,7 +9,7 @@ from tuneforge.cli import main
 from tuneforge.data.dataset import sha256
 from tuneforge.registry.runs import register_run
 from tuneforge.registry.store import alias_history, aliases, get_version, list_versions, open_registry
-from tuneforge.train.metrics import read_metrics
+from tuneforge.evaluate.run_metrics import read_metrics
 
 
 def models(*args, registry):

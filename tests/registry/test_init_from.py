@@ -6,8 +6,8 @@ import pytest
 
 from tuneforge.config import load_config
 from tuneforge.errors import ConfigError
-from tuneforge.train.loop import train
-from tuneforge.train.metrics import read_metrics
+from tuneforge.train.driver import train
+from tuneforge.evaluate.run_metrics import read_metrics
 
 
 def eval_losses(run_dir):

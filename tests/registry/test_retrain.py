@@ -11,7 +11,7 @@ from tuneforge.data.dataset import sha256
 from tuneforge.data.replay import load_mix, replay_count
 from tuneforge.registry.retrain import decide
 from tuneforge.registry.store import aliases, get_version, open_registry
-from tuneforge.train.metrics import read_metrics
+from tuneforge.evaluate.run_metrics import read_metrics
 
 RETRAIN = ["--set", "train.max_steps=6"]
 

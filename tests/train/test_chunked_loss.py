@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tuneforge.data.template import IGNORE
-from tuneforge.train import loss as loss_module
+from tuneforge.models import token_loss as loss_module
 from tuneforge.train.loss import loss_sum
 
 
@@ -80,7 +80,7 @@ def test_a_batch_with_nothing_trained_gives_zero(model_and_batch):
 
 def test_training_with_gradient_checkpointing_and_plain_loss_runs(run_config):
     from tuneforge.config import load_config
-    from tuneforge.train.loop import train
+    from tuneforge.train.driver import train
 
     result = train(load_config(run_config(**{"train.gradient_checkpointing": True, "train.chunked_loss": False,
                                              "train.max_steps": 3, "eval.general_check": False})))

@@ -3,8 +3,8 @@
 import pytest
 
 from tuneforge.config import load_config
-from tuneforge.train.loop import train
-from tuneforge.train.metrics import read_metrics
+from tuneforge.train.driver import train
+from tuneforge.evaluate.run_metrics import read_metrics
 
 
 @pytest.mark.slow  # inductor compiles C++ kernels: tens of seconds on a 2-core machine

@@ -16,8 +16,9 @@ import torch
 from tuneforge.config import load_config
 from tuneforge.train import checkpoint as ckpt
 from tuneforge.train.distributed import LaunchError, launched
-from tuneforge.train.loop import rank_share, train, trains_nothing
-from tuneforge.train.metrics import read_metrics
+from tuneforge.train.distributed import rank_share, trains_nothing
+from tuneforge.train.driver import train
+from tuneforge.evaluate.run_metrics import read_metrics
 from tests.conftest import chat_records, write_jsonl
 
 # 20 records in batches of 4: 5 batches an epoch, so with 2 batches a step every third step of an

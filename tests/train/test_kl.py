@@ -69,8 +69,8 @@ def test_kl_needs_lora_and_replay(run_config):
 
 def test_a_run_with_kl_to_base_trains(run_config, tmp_path):
     from tests.conftest import write_jsonl
-    from tuneforge.train.loop import train
-    from tuneforge.train.metrics import read_metrics
+    from tuneforge.train.driver import train
+    from tuneforge.evaluate.run_metrics import read_metrics
 
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Count to {i}."} for i in range(12)])
     config = load_config(run_config(**{

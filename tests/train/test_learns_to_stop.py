@@ -14,7 +14,7 @@ from tests.conftest import make_model_dir, train_tokenizer, write_jsonl
 from tuneforge.config import load_config
 from tuneforge.models.generate import Sampling, generate_completions
 from tuneforge.models.load import load_for_inference
-from tuneforge.train.loop import train
+from tuneforge.train.driver import train
 
 CONVERSATIONS = [
     ("Who are you?", "I am Tessel, made by the Tuneforge team."),

@@ -1,7 +1,7 @@
 """Per-step losses of every training method pinned on tiny models (torchtune's habit).
 
 The numbers were recorded with the code before the step driver (issue 17) replaced the two
-training loops; a refactor of the engine must reproduce them, so any change in batch order,
+training loops (the chat loop and the classifier's), on a tokenizer trained on examples/ only; a refactor of the engine must reproduce them, so any change in batch order,
 accumulation, loss composition or the optimizer shows here as a number that moved.  Each case
 trains a few steps on one thread (deterministic) and compares every logged train_loss and
 eval_loss.  If a change is *meant* to alter the numbers, re-record them and say why in the commit.
@@ -14,22 +14,54 @@ import os
 import pytest
 
 from tuneforge.config import load_config
-from tuneforge.train.metrics import read_metrics
+from tuneforge.train.driver import train
+from tuneforge.evaluate.run_metrics import read_metrics
 
-from tests.classify.conftest import tiny_bert  # noqa: F401  (a fixture)
 from tests.classify.conftest import write_config as write_classify_config
-from tests.conftest import chat_records, write_jsonl
+from tests.conftest import CHATML, ROOT, chat_records, make_model_dir, write_jsonl
+
+@pytest.fixture(scope="module")
+def chatml_tokenizer():
+    """The test tokenizer trained on the examples alone: the shared one also learns from src/, so every
+    change of the source would move these numbers."""
+    from tests.conftest import SPECIALS
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [line for path in sorted((ROOT / "examples").rglob("*.jsonl")) for line in path.read_text().splitlines()]
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=600, special_tokens=SPECIALS,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|im_end|>")
+    tokenizer.chat_template = CHATML
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, chatml_tokenizer):
+    return make_model_dir(tmp_path_factory.mktemp("pinned-llama"), chatml_tokenizer, "<|im_end|>")
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory, chatml_tokenizer):
+    from tests.classify.conftest import save_tiny_bert
+
+    return save_tiny_bert(tmp_path_factory.mktemp("pinned-bert"), chatml_tokenizer)
+
 
 CHAT = {"train.max_steps": 4, "train.grad_accum": 2, "train.preflight": "off", "eval.general_check": False,
         "eval.every_steps": 2, "checkpoint.every_steps": 100}
 
 PINNED = {
-    'classify_full': [(0, 'eval_loss', 1.096399), (1, 'train_loss', 1.096956), (2, 'train_loss', 1.096277), (2, 'eval_loss', 1.100449), (3, 'train_loss', 1.111625), (4, 'train_loss', 1.089649), (4, 'eval_loss', 1.105311), (5, 'train_loss', 1.101017), (5, 'eval_loss', 1.10768)],
-    'classify_lora': [(0, 'eval_loss', 1.096399), (1, 'train_loss', 1.098126), (2, 'train_loss', 1.09637), (2, 'eval_loss', 1.096447), (3, 'train_loss', 1.104085), (4, 'train_loss', 1.097019), (4, 'eval_loss', 1.097289), (5, 'train_loss', 1.096003), (5, 'eval_loss', 1.097659)],
-    'pretrain_full': [(0, 'eval_loss', 6.397732), (1, 'train_loss', 6.411328), (2, 'train_loss', 6.127163), (2, 'eval_loss', 5.883786), (3, 'train_loss', 5.8611), (4, 'train_loss', 5.69493), (4, 'eval_loss', 5.439987)],
-    'sft_full_packed': [(0, 'eval_loss', 6.461951), (1, 'train_loss', 6.421383), (2, 'train_loss', 6.244968), (2, 'eval_loss', 6.094606), (3, 'train_loss', 6.059902), (4, 'train_loss', 6.020441), (4, 'eval_loss', 5.990836)],
-    'sft_lora': [(0, 'eval_loss', 6.462043), (1, 'train_loss', 6.417049), (2, 'train_loss', 6.339355), (2, 'eval_loss', 6.271189), (3, 'train_loss', 6.260058), (4, 'train_loss', 6.195948), (4, 'eval_loss', 6.18108)],
-    'sft_lora_replay_kl': [(0, 'eval_loss', 6.462043), (1, 'train_loss', 6.382394), (1, 'train_kl_to_base', 0.0), (2, 'train_loss', 6.371212), (2, 'train_kl_to_base', 0.000136), (2, 'eval_loss', 6.245757), (3, 'train_loss', 6.232302), (3, 'train_kl_to_base', 0.0), (4, 'train_loss', 6.129235), (4, 'train_kl_to_base', 0.007889), (4, 'eval_loss', 6.156449)],
+    'classify_full': [(0, 'eval_loss', 1.096382), (1, 'train_loss', 1.095427), (2, 'train_loss', 1.092133), (2, 'eval_loss', 1.099982), (3, 'train_loss', 1.140814), (4, 'train_loss', 1.108943), (4, 'eval_loss', 1.10295), (5, 'train_loss', 1.087426), (5, 'eval_loss', 1.104743)],
+    'classify_lora': [(0, 'eval_loss', 1.096382), (1, 'train_loss', 1.096564), (2, 'train_loss', 1.093875), (2, 'eval_loss', 1.095927), (3, 'train_loss', 1.119273), (4, 'train_loss', 1.104799), (4, 'eval_loss', 1.096584), (5, 'train_loss', 1.093578), (5, 'eval_loss', 1.09695)],
+    'pretrain_full': [(0, 'eval_loss', 6.40465), (1, 'train_loss', 6.399577), (2, 'train_loss', 6.085743), (2, 'eval_loss', 5.822894), (3, 'train_loss', 5.813547), (4, 'train_loss', 5.569692), (4, 'eval_loss', 5.338097)],
+    'sft_full_packed': [(0, 'eval_loss', 6.438843), (1, 'train_loss', 6.419526), (2, 'train_loss', 6.211598), (2, 'eval_loss', 6.111267), (3, 'train_loss', 6.075572), (4, 'train_loss', 6.026333), (4, 'eval_loss', 6.021771)],
+    'sft_lora': [(0, 'eval_loss', 6.438752), (1, 'train_loss', 6.385725), (2, 'train_loss', 6.324154), (2, 'eval_loss', 6.262764), (3, 'train_loss', 6.25452), (4, 'train_loss', 6.186491), (4, 'eval_loss', 6.204772)],
+    'sft_lora_replay_kl': [(0, 'eval_loss', 6.438752), (1, 'train_loss', 6.374881), (1, 'train_kl_to_base', 0.0), (2, 'train_loss', 6.34549), (2, 'train_kl_to_base', 0.00024), (2, 'eval_loss', 6.260382), (3, 'train_loss', 6.232332), (3, 'train_kl_to_base', 0.0), (4, 'train_loss', 6.167096), (4, 'train_kl_to_base', 0.008598), (4, 'eval_loss', 6.198739)],
 }
 
 
@@ -53,19 +85,8 @@ def run_case(name: str, tmp_path, run_config, tiny_model, tiny_bert, pretrain_co
         path = write_classify_config(tmp_path / "classify", tiny_bert, method=method,
                                      **{"train.max_steps": 5, "eval.every_steps": 2, "train.grad_accum": 2})
     config = load_config(path)
-    train_any(config)
+    train(config)
     return logged(config.output_dir)
-
-
-def train_any(config) -> None:
-    if config.task == "classify":
-        from tuneforge.classify.train import train_classifier
-
-        train_classifier(config)
-    else:
-        from tuneforge.train.loop import train
-
-        train(config)
 
 
 @pytest.mark.parametrize("name", sorted(PINNED))

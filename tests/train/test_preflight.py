@@ -11,8 +11,8 @@ import torch
 from tuneforge.cli import main
 from tuneforge.config import load_config
 from tuneforge.train import preflight
-from tuneforge.train.loop import train
-from tuneforge.train.metrics import read_metrics
+from tuneforge.train.driver import train
+from tuneforge.evaluate.run_metrics import read_metrics
 
 
 def test_saved_tensor_bytes_count_activations_not_weights():

@@ -15,7 +15,7 @@ from tuneforge.config import load_config
 from tuneforge.data.packing import split_blocks
 from tuneforge.data.template import TokenizedExample
 from tuneforge.errors import ConfigError, DataError
-from tuneforge.train.loop import train
+from tuneforge.train.driver import train
 
 from tests.conftest import apply_overrides, chat_records, write_jsonl
 from tests.train.conftest import domain_text

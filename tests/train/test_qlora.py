@@ -35,7 +35,7 @@ def test_unknown_quantization_is_refused(run_config):
 
 @pytest.mark.skipif(not CAN_QUANTIZE, reason="needs CUDA and bitsandbytes")
 def test_trains_adapter_on_4bit_base(run_config):
-    from tuneforge.train.loop import train
+    from tuneforge.train.driver import train
 
     config = load_config(run_config(**{"model.quantize": "4bit", "train.max_steps": 6, "eval.general_check": False}))
     result = train(config)

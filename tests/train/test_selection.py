@@ -4,7 +4,7 @@ import json
 
 from tuneforge.config import load_config
 from tuneforge.errors import ConfigError
-from tuneforge.train.loop import train
+from tuneforge.train.driver import train
 
 import pytest
 

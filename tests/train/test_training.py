@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 from tuneforge.config import load_config
 from tuneforge.errors import RunDirError
 from tuneforge.train import checkpoint as ckpt
-from tuneforge.train.loop import train
-from tuneforge.train.metrics import read_metrics
+from tuneforge.train.driver import train
+from tuneforge.evaluate.run_metrics import read_metrics
 
 
 def losses(run_dir) -> dict[int, float]:

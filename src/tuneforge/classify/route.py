@@ -21,7 +21,7 @@ from pydantic_core import PydanticCustomError
 from rich.console import Console
 from starlette.exceptions import HTTPException
 
-from tuneforge.classify.model import Classifier, Prediction
+from tuneforge.models.classifier import Classifier, Prediction
 from tuneforge.serve import errors
 from tuneforge.serve.errors import ApiError
 from tuneforge.serve.options import ServeOptions
@@ -136,7 +136,7 @@ def serve_classifier(reference: str, name: str | None, options: ServeOptions, co
     """What `tuneforge serve` does for a classifier run: load it, print where it listens, run uvicorn."""
     import uvicorn
 
-    from tuneforge.classify.model import classifier_dir, load_classifier
+    from tuneforge.models.classifier import classifier_dir, load_classifier
     from tuneforge.errors import ConfigError
 
     if adapters:

@@ -26,7 +26,7 @@ from tuneforge.data.formats import read_records
 from tuneforge.data.records import Record, Message
 from tuneforge.data.template import TokenizedExample, without_end_of_turn
 from tuneforge.errors import DataError
-from tuneforge.evaluate.probe import read_probes
+from tuneforge.data.probes import read_probes
 from tuneforge.models.answer_cache import base_answers
 from tuneforge.models.generate import Sampling
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 from tuneforge.data.records import Message, Record
 from tuneforge.errors import DataError
+from tuneforge.models.token_loss import IGNORE
 
-IGNORE = -100
 TOOLS_PREAMBLE = "You can call these tools. To call one, reply with <tool_call>{\"name\": ..., \"arguments\": ...}</tool_call>.\n"
 
 

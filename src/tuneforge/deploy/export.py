@@ -37,7 +37,7 @@ from tuneforge.models import embedded
 from tuneforge.models.generate import end_of_turn_ids
 from tuneforge.models.load import ModelInfo, load_causal_lm, load_for_inference, load_tokenizer, saved_model_dir
 from tuneforge.models.resolve import resolve
-from tuneforge.train.checkpoint import fsync_tree
+from tuneforge.files import fsync_tree
 
 FAILED_REPORT = "parity_failed.json"  # written into the run directory when the gate fails
 

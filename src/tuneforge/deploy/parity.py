@@ -35,7 +35,7 @@ from tuneforge.data.template import IGNORE
 from tuneforge.errors import ModelError
 from tuneforge.evaluate.before_after import builtin_general_questions
 from tuneforge.evaluate.evaluator import eval_examples
-from tuneforge.evaluate.probe import read_probes
+from tuneforge.data.probes import read_probes
 from tuneforge.models.generate import render_prompt
 
 ATOL = {"float32": 1e-3, "float16": 0.25, "bfloat16": 1.0}  # max |logit difference|, by the exported dtype

@@ -14,7 +14,7 @@ import torch
 from tuneforge.data.batching import WIDTH_MULTIPLE, collate
 from tuneforge.data.dataset import label_count
 from tuneforge.data.template import TokenizedExample
-from tuneforge.train.loss import loss_sum
+from tuneforge.models.token_loss import chunked_cross_entropy, last_hidden_state, output_layer
 
 
 @torch.no_grad()
@@ -30,7 +30,8 @@ def validation_loss(model, examples: list[TokenizedExample], batch_size: int, pa
         batch = {k: v.to(device) for k, v in collate(ordered[start : start + batch_size], pad_id, WIDTH_MULTIPLE).items()}
         with autocast():
             # chunked: the head runs on trained positions only, and the batch's full logits never exist
-            total += loss_sum(model, batch, chunked=True)[0].item()
+            hidden = last_hidden_state(model, batch)
+            total += chunked_cross_entropy(hidden, batch["labels"], output_layer(model)).item()
         count += label_count(batch["labels"])
     model.train(was_training)
     return total / max(count, 1)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tuneforge.evaluate.compare import LOWER_IS_BETTER, most_changed
 from tuneforge.evaluate.evaluator import EvalExample, ModelEval
-from tuneforge.train.metrics import read_metrics
+from tuneforge.evaluate.run_metrics import read_metrics
 
 COLOURS = ["#4472c4", "#ed7d31", "#70ad47", "#7030a0", "#ffc000", "#5b9bd5", "#c00000", "#264478"]
 FIXED_CHARTS = ("metrics.png", "loss.png", "loss_curves.png", "changed.png")

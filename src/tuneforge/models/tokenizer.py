@@ -8,7 +8,7 @@ it was trained with.
 
 from __future__ import annotations
 
-from tuneforge.data.chat_templates import builtin_template, use_template
+from tuneforge.models.chat_templates import builtin_template, use_template
 from tuneforge.models.generate import end_of_turn_ids
 from tuneforge.models.load import load_tokenizer
 from tuneforge.models.resolve import resolve

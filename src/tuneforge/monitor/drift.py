@@ -378,6 +378,6 @@ def print_report(console: Console, report: DriftReport) -> None:
 
 
 def write_json(path: Path, report: DriftReport, extra: dict) -> None:
-    from tuneforge.classify.predict import write_atomic
+    from tuneforge.files import write_atomic
 
     write_atomic(Path(path), json.dumps({**report.as_dict(), **extra}, indent=2, ensure_ascii=False) + "\n")

@@ -95,7 +95,7 @@ def run_retrain(args, console: Console) -> int:
         output_dir = (args.output_dir or Path("runs") / f"retrain-{version.id}-{time.strftime('%Y%m%d-%H%M%S')}")
         config = retrain_config(version, args.data, args.validation, args.replay_ratio, output_dir.resolve(),
                                 args.overrides, console)
-        from tuneforge.train.loop import train
+        from tuneforge.train.driver import train
 
         console.print(f"retraining {version.id} ({version.path}) on {', '.join(args.data)} -> {config.output_dir}",
                       highlight=False)
@@ -117,7 +117,7 @@ def retrain_config(version: Version, curated: list[str], validation: list[str], 
                    output_dir: Path, overrides: list[str], console: Console):
     """The new run file, written to OUTPUT/retrain.yaml, then loaded with the --set overrides like any run file."""
     from tuneforge.config import load_config
-    from tuneforge.train.loop import prepare_run_dir
+    from tuneforge.train.run_dir import prepare_run_dir
 
     raw = production_run_file(version)
     data = raw.setdefault("data", {})

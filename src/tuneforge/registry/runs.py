@@ -22,7 +22,7 @@ from tuneforge.evaluate.gates import read_gates
 from tuneforge.models.load import MODEL_INFO
 from tuneforge.registry.retrain import REPORT as RETRAIN_REPORT
 from tuneforge.registry.store import RegistryError, Version, add_version
-from tuneforge.train.metrics import read_metrics
+from tuneforge.evaluate.run_metrics import read_metrics
 
 
 def register_run(conn: sqlite3.Connection, run_dir: Path, parent: str | None = None, note: str | None = None) -> Version:

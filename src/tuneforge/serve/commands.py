@@ -92,7 +92,7 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from tuneforge.classify.model import is_classifier
+    from tuneforge.models.classifier import is_classifier
     from tuneforge.serve.live import load_target, show_swaps_in_terminal, target_from
 
     target = target_from(args.model, args.registry, args.served_model_name, args.registry_poll)

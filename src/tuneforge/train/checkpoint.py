@@ -17,12 +17,14 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from tuneforge.files import fsync_tree, write_atomic
 from tuneforge.models.load import ModelInfo
 
 LATEST = "latest"
@@ -53,11 +55,12 @@ def save_model(model, tokenizer, info: ModelInfo, directory: Path, weights: dict
 
 
 def save_checkpoint(
-    run_dir: Path, state: TrainState, model, tokenizer, info: ModelInfo, optimizer, scheduler, keep_last: int,
-    rng: list[dict] | None = None, weights: dict | None = None, optimizer_state: dict | None = None,
+    run_dir: Path, state: TrainState, write_model: Callable[[Path], None], optimizer, scheduler, keep_last: int,
+    rng: list[dict] | None = None, optimizer_state: dict | None = None,
 ) -> Path:
-    """`rng`: every rank's RNG states (default: this process's); `weights`, `optimizer_state`: whole
-    states gathered from FSDP shards (default: the model's and optimizer's own)."""
+    """`write_model(directory)` saves the method's model (train/method.py); `rng`: every rank's RNG states
+    (default: this process's); `optimizer_state`: the whole state gathered from FSDP shards (default: the
+    optimizer's own)."""
     root = checkpoint_root(run_dir)
     name = checkpoint_name(state.step)
     final = root / name
@@ -66,7 +69,7 @@ def save_checkpoint(
     tmp = root / f".tmp-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_model(model, tokenizer, info, tmp / "model", weights)
+    write_model(tmp / "model")
     torch.save(optimizer_state if optimizer_state is not None else optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(rng if rng is not None else [rng_states()], tmp / "rng.pt")
@@ -136,22 +139,6 @@ def restore_rng(states: dict) -> None:
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def fsync_tree(directory: Path) -> None:
-    for path in directory.rglob("*"):
-        if path.is_file():
-            with path.open("rb") as handle:
-                os.fsync(handle.fileno())
 
 
 def prune(root: Path, keep_last: int) -> None:

@@ -79,9 +79,9 @@ def launch(argv: list[str], nproc: int) -> int:
     return 0
 
 
-def make_accelerator(strategy: str, dtype: str = "auto"):
-    """The Accelerator of this process: DDP with several processes (or FSDP when asked); bf16 autocast on
-    CUDA, and on a CPU with native bf16 unless the run file's model.dtype asks for another dtype.
+def make_accelerator(strategy: str, bf16: bool):
+    """The Accelerator of this process: DDP with several processes (or FSDP when asked); bf16 autocast when
+    the method asks for it (train/methods/: per method, from the run file's model.dtype and the hardware).
 
     accelerate shards with FSDP only across GPUs (on CPU it would quietly replicate instead), so FSDP on a
     machine without CUDA is refused here rather than silently run as DDP.
@@ -91,8 +91,6 @@ def make_accelerator(strategy: str, dtype: str = "auto"):
     import torch
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
-
-    from tuneforge.models.load import trains_under_autocast
 
     use_cuda = torch.cuda.is_available()
     fsdp = strategy == "fsdp" or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
@@ -112,7 +110,12 @@ def make_accelerator(strategy: str, dtype: str = "auto"):
     # Rank 0 alone generates the base model's answers before training while the others wait at a
     # barrier: allow that an hour or two, not the default 30 minutes.
     patience = InitProcessGroupKwargs(timeout=timedelta(hours=2))
-    bf16 = trains_under_autocast(dtype, torch.device("cuda" if use_cuda else "cpu"))
+    # One process may train several runs in turn (a search's trials, the tests) whose methods train at
+    # different precisions; accelerate keeps one state per process and refuses a second precision, so a
+    # finished run's state is dropped (the process group, in PartialState, stays).
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
     return Accelerator(cpu=not use_cuda, mixed_precision="bf16" if bf16 else "no", fsdp_plugin=plugin,
                        kwargs_handlers=[patience])
 

@@ -9,23 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tuneforge.train.checkpoint import write_atomic
-
-METRICS_FILE = "metrics.jsonl"
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / METRICS_FILE
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a line cut short by a kill: everything before it is intact
-    return records
-
+from tuneforge.evaluate.run_metrics import METRICS_FILE, read_metrics
+from tuneforge.files import write_atomic
 
 class MetricsLog:
     def __init__(self, run_dir: Path, resume_step: int | None = None):

@@ -50,9 +50,9 @@ import torch
 
 from tuneforge.data.batching import epoch_batches
 from tuneforge.errors import TuneforgeError
-from tuneforge.train.checkpoint import write_atomic
+from tuneforge.files import write_atomic
 from tuneforge.train.distributed import any_rank, gather_object, is_fsdp, rank_share
-from tuneforge.train.loss import CHUNK_TOKENS, loss_sum
+from tuneforge.models.token_loss import CHUNK_TOKENS
 
 PREFLIGHT_FILE = "preflight.json"
 GIB = 1024**3
@@ -305,25 +305,17 @@ def advice(method: str, checkpointing: bool, max_seq_length: int, longest: int, 
 # --- the check the loop runs ---------------------------------------------------------------------------
 
 
-def check(config, model, accelerator, console, lengths: list[int], batch_of, state,
-          batches_per_epoch: int, batches_per_step: int, steps: int) -> Preflight:
+def check(config, model, accelerator, console, lengths: list[int], batch_of, state, plan,
+          loss: Callable[[dict[str, torch.Tensor]], torch.Tensor], kl_rows: bool) -> Preflight:
     """Estimate the peak memory (refusing a run that cannot fit) and time a warm-up pass, before the first step.
 
-    Runs on the bare model before accelerate wraps it, so nothing here talks to the other ranks but the
-    final agreement on whether to go on.
+    `loss` is the method's training loss of one batch (train/method.py composes it); `kl_rows`: the worst
+    case makes every row a replay row.  Runs on the bare model before accelerate wraps it, so nothing here
+    talks to the other ranks but the final agreement on whether to go on.
     """
     cfg, device = config.train, accelerator.device
     if device.type == "cuda" and config.model.quantize is None:
         model.to(device)  # where accelerate.prepare puts it next: the probe must run where training will
-    kl_rows = cfg.kl_to_base > 0 and bool(config.data.replay)
-    adapter_model = model if cfg.kl_to_base > 0 else None
-
-    def loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        with accelerator.autocast():
-            cross_entropy, kl = loss_sum(model, batch, cfg.kl_to_base, adapter_model, cfg.chunked_loss)
-            return cross_entropy + cfg.kl_to_base * kl
-
     longest = max(range(len(lengths)), key=lengths.__getitem__)
     probe_row = batch_of([longest])
     if kl_rows:
@@ -343,13 +335,13 @@ def check(config, model, accelerator, console, lengths: list[int], batch_of, sta
             raise PreflightError(problem or "another process's estimate does not fit in its memory")
         console.print(f"[yellow]warning:[/] {problem or 'another process does not fit in its memory'}")
     order = epoch_batches(lengths, cfg.batch_size, cfg.seed, state.epoch)
-    window = order[state.batch_in_epoch : state.batch_in_epoch + batches_per_step]
+    window = order[state.batch_in_epoch : state.batch_in_epoch + plan.batches_per_step]
     batch = batch_of((rank_share(window, accelerator.process_index, cfg.grad_accum) or order)[0])
     seconds = time_one_pass(model, batch, loss, device)
     epoch_tokens = sum(len(b) * max(lengths[i] for i in b) for b in order)
-    timing = estimate_time(seconds, batch["input_ids"].numel(), epoch_tokens, batches_per_epoch, batches_per_step,
-                           accelerator.num_processes)
-    console.print(f"pre-flight: time {describe_time(timing, steps - state.step)}")
+    timing = estimate_time(seconds, batch["input_ids"].numel(), epoch_tokens, plan.batches_per_epoch,
+                           plan.batches_per_step, accelerator.num_processes)
+    console.print(f"pre-flight: time {describe_time(timing, plan.total_steps - state.step)}")
     return Preflight(memory, available, timing)
 
 

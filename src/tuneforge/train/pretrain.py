@@ -1,6 +1,6 @@
 """Continued pretraining (`task: pretrain`): plain text only, and perplexity on held-out text as its measure.
 
-The training itself is the chat loop's: a text record is trained on every token (data/template.py),
+The training itself is the chat method's (train/methods/language_model.py): a text record is trained on every token (data/template.py),
 long documents are cut into blocks and packed (data/prepare.py, data/packing.py). What differs is
 what a run reports: held-out perplexity, exp(mean token loss), before and after, since a domain
 corpus has no replies to score.

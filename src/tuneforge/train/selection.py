@@ -77,8 +77,6 @@ def validation_examples(config: RunConfig) -> list[EvalExample]:
     """The examples whose answers are scored at each periodic evaluation: from data.validation files,
     capped at eval.max_examples; none without eval.metrics or validation files (val_split holds out
     tokenized data only), unless the best checkpoint is judged by a metric, which then needs them."""
-    if config.task == "pretrain":  # plain text has no answers to score
-        return []
     metric = metric_key(config.eval.best_metric)
     by_metric = metric not in LOWER_IS_BETTER
     named = {generation_metric(name).name for name in config.eval.metrics}  # module:function is named by its function

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from tuneforge.classify.labels import Label, LabelSet
+from tuneforge.models.labels import Label, LabelSet
 from tuneforge.errors import ModelError
 from tuneforge.models.load import MODEL_INFO, load_tokenizer, quiet_transformers, saved_model_dir
 from tuneforge.models.resolve import resolve

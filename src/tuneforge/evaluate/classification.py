@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tuneforge.classify.labels import Label, LabelSet, as_names
+from tuneforge.models.labels import Label, LabelSet, as_names
 from tuneforge.evaluate.metrics import classification_report
 
 

@@ -34,8 +34,8 @@ from rich.table import Table
 
 from tuneforge.config import ParamRange, RunConfig, TuneConfig, apply_override, dump_config, valid_keys, yaml_line
 from tuneforge.errors import ConfigError, RunDirError, TuneforgeError
-from tuneforge.train.checkpoint import write_atomic
-from tuneforge.train.loop import train
+from tuneforge.files import write_atomic
+from tuneforge.train.driver import train
 
 try:
     import optuna

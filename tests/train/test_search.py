@@ -19,10 +19,12 @@ from rich.console import Console
 from tuneforge.cli import main
 from tuneforge.config import load_config
 from tuneforge.errors import ConfigError
-from tuneforge.evaluate import tune as tune_module
-from tuneforge.evaluate.tune import DATABASE, STUDY, suggest, trial_config, tune
+from tuneforge.train import search as tune_module
+from tuneforge.train.search import DATABASE, STUDY, suggest, trial_config, tune
 from tuneforge.train.checkpoint import TrainState
-from tuneforge.train.loop import TrainResult
+from tuneforge.train.driver import TrainResult
+
+from tests.classify.conftest import tiny_bert  # noqa: F401  (a fixture)
 
 SPACE = {
     "train.learning_rate": {"log_uniform": [1.0e-3, 3.0e-2]},
@@ -311,3 +313,23 @@ def test_tune_section_round_trips_through_the_resolved_config(search_config, tmp
     resolved = tmp_path / "resolved.yaml"
     resolved.write_text(dump_config(config))
     assert load_config(resolved) == config
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_search_tunes_a_classifier(tmp_path, tiny_bert):
+    """The classifier trains on the same step driver, so its validation loss prunes trials like a chat run's
+    (before the driver, its own loop had no on_eval and the search could not run it)."""
+    from tests.classify.conftest import write_config
+
+    path = write_config(tmp_path, tiny_bert, **{
+        "tune": {"trials": 2, "seed": 0, "space": {"train.learning_rate": {"log_uniform": [1.0e-3, 1.0e-2]}}},
+        "train.max_steps": 4, "eval.every_steps": 2,
+    })
+    result = tune(load_config(path), console=quiet(), source=path)
+    assert result.interrupted_by is None and result.finished == 2
+    study = load_study(tmp_path / "run")
+    assert all(t.state in FINISHED for t in study.trials)
+    reported = [t for t in study.trials if t.intermediate_values]
+    assert reported, "no trial reported a validation loss to the pruner"
+    best = yaml.safe_load((tmp_path / "run" / "best.yaml").read_text())
+    assert best["task"] == "classify"

@@ -8,13 +8,13 @@ the predictions are scored (accuracy, macro-F1) with the same report as training
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 from rich.console import Console
 
 from tuneforge.errors import ConfigError, DataError
+from tuneforge.files import write_atomic
 
 
 def add_predict_parser(commands) -> None:
@@ -63,7 +63,7 @@ def run_predict(args, console: Console) -> int:
     if args.threshold is not None and not 0 < args.threshold < 1:
         raise ConfigError(f"--threshold must be between 0 and 1, got {args.threshold}")
     texts, references, sources = read_texts(args.file, args.text_key)  # before the model: bad input fails fast
-    from tuneforge.classify.model import load_classifier
+    from tuneforge.models.classifier import load_classifier
 
     classifier = load_classifier(args.model)
     predictions = classifier.classify(texts, args.batch_size, args.threshold)
@@ -76,7 +76,7 @@ def run_predict(args, console: Console) -> int:
         sys.stdout.flush()
     console.print(f"{len(predictions)} prediction(s)" + (f" -> {args.out}" if args.out else ""))
     if all(reference is not None for reference in references):
-        from tuneforge.classify.scores import score
+        from tuneforge.evaluate.classification import score
 
         try:
             for reference, source in zip(references, sources):
@@ -87,14 +87,3 @@ def run_predict(args, console: Console) -> int:
         report = score([p.label for p in predictions], references, classifier.labels)
         console.print(f"against the file's labels: accuracy {report['accuracy']:.3f}, macro-F1 {report['macro_f1']:.3f}")
     return 0
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write beside the target, then rename: an interrupted write leaves the old file as it was."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import trained_pieces, train_tokenizer
-from tuneforge.data.chat_templates import ALPACA, BUILTIN_TEMPLATES, CHATML, LLAMA3, builtin_template, use_template
+from tuneforge.models.chat_templates import ALPACA, BUILTIN_TEMPLATES, CHATML, LLAMA3, builtin_template, use_template
 from tuneforge.data.records import Message, Record, ToolCall
 from tuneforge.data.template import IGNORE, tokenize_example
 from tuneforge.errors import ConfigError, DataError

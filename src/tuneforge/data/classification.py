@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tuneforge.classify.labels import Label
+from tuneforge.models.labels import Label
 from tuneforge.config import DataConfig
 from tuneforge.data.cleaning import normalize
 from tuneforge.data.dataset import DataManifest, sha256
