@@ -109,7 +109,7 @@ def test_multi_label_uses_sigmoid_and_the_threshold(tiny_bert, classify_config, 
     for threshold in (0.05, 0.5, 0.95):
         for prediction in classifier.classify(texts, threshold=threshold):
             assert list(prediction.label) == [k for k, p in prediction.scores.items() if p >= threshold]
-    from tuneforge.classify.route import ClassifyResult
+    from tuneforge.serve.protocol import ClassifyResult
 
     answer = ClassifyResult(index=0, **classifier.classify(texts)[0].as_dict()).model_dump(exclude_none=True)
     assert set(answer) == {"index", "labels", "scores"}

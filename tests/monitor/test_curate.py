@@ -49,6 +49,8 @@ def log(tmp_path):
         ("failed", user("Where is my refund?"), "", {"status": 500}, [(1, None)]),
         ("text", [{"role": "prompt", "content": "Our returns policy:"}], " thirty days.",
          {"endpoint": "/v1/completions"}, [(1, None)]),
+        ("classified", [{"role": "prompt", "content": "storm and fog"}], "tool", {"endpoint": "/v1/classify"},
+         [(-1, "weather")]),
         ("cut-off", user("Describe the sofa."), "The sofa is", {"finish_reason": "length"}, [(1, None)]),
         ("two-users", [*user("Hi"), *user("Still there?")], "Yes.", {}, [(1, None)]),
         # duplicates: of a training record (case and spacing differ), near one (one word differs), of "approved"
@@ -106,9 +108,10 @@ def test_rated_traffic_becomes_sft_records_and_preference_pairs(log, train_file,
         "chat: duplicate of a training record": 1, "chat: near duplicate of a training record": 1,
         "failed request": 1, "no feedback": 1, "not a trainable conversation (the chat format rejects its turns)": 1,
         "rejected without a correction": 1, "text completion (a raw prompt, not a conversation)": 1,
+        "classification (texts and labels, not a conversation)": 1,
     }
     assert manifest["counts"]["pii_redacted"] == {"email": 2, "phone": 1}
-    assert manifest["counts"]["requests"] == 15 and manifest["files"]["preference"] == "curated.preference.jsonl"
+    assert manifest["counts"]["requests"] == 16 and manifest["files"]["preference"] == "curated.preference.jsonl"
     assert "6 chat records" in said(capsys)
 
 

@@ -169,3 +169,10 @@ def test_health_metrics_and_chat_page(live):
     page = live.get("/")
     assert page.status_code == 200 and "<title>tuneforge chat</title>" in page.text
     assert "/v1/chat/completions" in page.text and "stream: true" in page.text
+
+
+def test_classify_on_a_language_model_is_a_404_that_says_so(live, tiny_served):
+    raw = live.post("/v1/classify", {"input": "hi"})
+    assert raw.status_code == 404
+    message = raw.json()["error"]["message"]
+    assert "serves no classifier" in message and tiny_served.default in message and "task: classify" in message

@@ -8,7 +8,8 @@ counts once, as they last said):
 * -1 with a correction: also a preference pair, prompt -> chosen = the correction,
   rejected = the model's answer;
 * skipped, counted by reason: failed requests, text completions (a raw prompt sent without the
-  chat template is not a conversation turn, and the chat file cannot say otherwise), requests
+  chat template is not a conversation turn, and the chat file cannot say otherwise), classify
+  requests (/v1/classify: texts and their labels, not a conversation), requests
   without feedback, -1 without a correction (nothing to learn but "not this"), approved answers
   cut off at the token limit (training them with an end-of-turn token would teach stopping
   mid-sentence), and conversations the chat format rejects (two user turns in a row, ...).
@@ -48,6 +49,7 @@ from tuneforge.errors import ConfigError
 from tuneforge.monitor.store import Feedback, LoggedRequest
 
 CHAT_ENDPOINT = "/v1/chat/completions"
+CLASSIFY_ENDPOINT = "/v1/classify"  # serve/classify.py
 PREFERENCE_SUFFIX = ".preference.jsonl"
 MANIFEST_SUFFIX = ".manifest.json"
 ROLES = {"developer": "system"}  # OpenAI's newer name for the system message
@@ -112,6 +114,8 @@ def candidates(request: LoggedRequest, ratings: list[Feedback] | None, redact: R
     """What one request becomes, or the reason it is skipped."""
     if not request.ok:
         return "failed request"
+    if request.endpoint == CLASSIFY_ENDPOINT:
+        return "classification (texts and labels, not a conversation)"
     if request.endpoint != CHAT_ENDPOINT:
         return "text completion (a raw prompt, not a conversation)"
     if not ratings:

@@ -1,8 +1,10 @@
 """The FastAPI app: routes, OpenAI-style error bodies, the guard (body size, API keys), metrics, lifespan.
 
-The engine thread starts with the app and, at shutdown, drains: uvicorn first stops accepting
-connections and lets in-flight responses (streams included) finish, then the engine finishes
-whatever it still holds before the process exits.
+One app serves a language model (chat and text completions, engine.py) or a classifier
+(/v1/classify, classifier.py), with the same guard, limits, request log, metrics and shutdown.
+The engine (or the classifier's worker) thread starts with the app and, at shutdown, drains:
+uvicorn first stops accepting connections and lets in-flight responses (streams included)
+finish, then the engine finishes whatever it still holds before the process exits.
 """
 
 from __future__ import annotations
@@ -18,26 +20,35 @@ from starlette.exceptions import HTTPException
 
 from tuneforge.monitor.requestlog import RequestLog
 from tuneforge.serve.auth import KeyCheck
+from tuneforge.serve.classifier import ClassifierWorker, ServedClassifier
+from tuneforge.serve.classify import CLASSIFY_PATH
+from tuneforge.serve.classify import router as classify_router
 from tuneforge.serve.completions import CHAT_PATH, COMPLETIONS_PATH, ServerState
 from tuneforge.serve.errors import ApiError, validation_error
 from tuneforge.serve.live import AliasWatcher, EngineTotals, RegistryTarget, new_engine
-from tuneforge.serve.metrics import ServerMetrics
+from tuneforge.serve.metrics import ClassifierCollector, ServerMetrics
 from tuneforge.serve.options import ServeOptions
 from tuneforge.serve.routes import FEEDBACK_PATH, router
 from tuneforge.serve.served import Served
 
 log = logging.getLogger("tuneforge.serve")
-ENDPOINTS = {CHAT_PATH, COMPLETIONS_PATH, FEEDBACK_PATH, "/v1/models", "/health", "/metrics", "/"}
+ENDPOINTS = {CHAT_PATH, COMPLETIONS_PATH, CLASSIFY_PATH, FEEDBACK_PATH, "/v1/models", "/health", "/metrics", "/"}
 
 
-def create_app(served: Served, options: ServeOptions, registry: RegistryTarget | None = None) -> FastAPI:
+def create_app(served: Served | ServedClassifier, options: ServeOptions,
+               registry: RegistryTarget | None = None) -> FastAPI:
     """`registry`: where `served` came from (`registry:NAME`); an alias is followed across promotions (live.py)."""
-    engine = new_engine(served, options)
-    engines = EngineTotals(engine)  # /metrics reads through this: the engine changes at each swap
     request_log = RequestLog(options.log_settings()) if options.log_db else None  # None: --no-log
-    state = ServerState(served, engine, options, ServerMetrics(engines, request_log), request_log=request_log)
+    if isinstance(served, ServedClassifier):
+        engine, engines = ClassifierWorker(served.classifier, options.max_batch_size), None
+        metrics = ServerMetrics(engine, request_log, ClassifierCollector(engine))
+    else:
+        engine = new_engine(served, options)
+        engines = EngineTotals(engine)  # /metrics reads through this: the engine changes at each swap
+        metrics = ServerMetrics(engines, request_log)
+    state = ServerState(served, engine, options, metrics, request_log=request_log)
 
-    follow = registry if registry and registry.follows else None
+    follow = registry if registry and registry.follows and engines is not None else None  # classifiers: run dirs only
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -57,6 +68,7 @@ def create_app(served: Served, options: ServeOptions, registry: RegistryTarget |
                   docs_url="/docs", redoc_url=None)
     app.state.server = state
     app.include_router(router)
+    app.include_router(classify_router)
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(HTTPException, http_error)

@@ -10,6 +10,7 @@ from rich.console import Console
 from tuneforge.errors import ConfigError
 from tuneforge.monitor.requestlog import DEFAULT_LOG_DB
 from tuneforge.serve.options import API_KEYS_ENV, ServeOptions, api_keys_from
+from tuneforge.serve.protocol import MAX_TEXTS
 
 DEFAULTS = ServeOptions()
 
@@ -20,7 +21,8 @@ def add_serve_parser(commands) -> None:
         description="Serve a model (a run directory, checkpoint, local model directory, hub id, .gguf file or "
         "embedded:smollm2-135m-instruct) over an OpenAI-compatible API: /v1/chat/completions, /v1/completions "
         "(streaming too), /v1/models, /health, /metrics (Prometheus) and a chat page at /. Concurrent requests "
-        "are decoded together in shared batches. A LoRA run serves its adapter under MODEL_OR_RUN and the base "
+        "are decoded together in shared batches. A classifier run (task: classify) serves POST /v1/classify "
+        "instead of the chat routes, with the same limits, API keys, request log and metrics. A LoRA run serves its adapter under MODEL_OR_RUN and the base "
         "model under its own name; --adapter adds more adapters, each addressable by name. registry:ALIAS (e.g. "
         "registry:production) serves the version a registry alias names, under the alias, and follows promote and "
         "rollback without a restart. Ctrl-C or SIGTERM finishes the requests in flight, then exits.")
@@ -96,12 +98,16 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
     from tuneforge.serve.live import load_target, show_swaps_in_terminal, target_from
 
     target = target_from(args.model, args.registry, args.served_model_name, args.registry_poll)
-    if target is None and is_classifier(args.model):
-        from tuneforge.classify.route import serve_classifier
-
-        return serve_classifier(args.model, args.served_model_name, options, console, args.adapters)
+    classifier = target is None and is_classifier(args.model)
+    if classifier and adapters:
+        raise ConfigError(f"{args.model} is a classifier; --adapter serves LoRA adapters of chat models only")
     console.print(f"loading {args.model} ...")
-    served = load_target(target, adapters) if target else load_served(args.model, adapters, args.served_model_name)
+    if classifier:
+        from tuneforge.serve.classifier import load_served_classifier
+
+        served = load_served_classifier(args.model, args.served_model_name)
+    else:
+        served = load_target(target, adapters) if target else load_served(args.model, adapters, args.served_model_name)
     for warning in served.warnings:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if target and target.follows:
@@ -119,16 +125,27 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
 
 
 def describe(served, options: ServeOptions) -> str:
+    from tuneforge.serve.classifier import ServedClassifier  # here, not at the top: it imports torch
+
     url = f"http://{options.host}:{options.port}"
-    lines = [f"models: {', '.join(served.names)}",
-             f"OpenAI base URL: {url}/v1    chat page: {url}/    metrics: {url}/metrics"]
+    limits = f"{options.max_concurrent} requests in flight, {options.request_timeout_s:g} s timeout"
+    if isinstance(served, ServedClassifier):
+        lines = [served.describe(), f'POST {url}/v1/classify with {{"input": ["text", ...]}}    models: {url}/v1/models'
+                 f"    metrics: {url}/metrics"]
+        batching = (f"batching: requests waiting together share forward passes of up to {options.max_batch_size} texts; "
+                    f"limits: {MAX_TEXTS} texts per request, {limits}")
+    else:
+        lines = [f"models: {', '.join(served.names)}",
+                 f"OpenAI base URL: {url}/v1    chat page: {url}/    metrics: {url}/metrics"]
+        batching = (f"batching: up to {options.max_batch_size} sequences per step" if options.batching
+                    else "batching: off (one request at a time)")
+        batching += (f"; limits: prompt {options.max_prompt_tokens} tokens, {options.max_new_tokens} new tokens, "
+                     + limits)
     if options.api_keys:
         lines.append(f"API keys: {len(options.api_keys)} configured")
     else:
         lines.append("API keys: none (anyone who can reach the port can use it; see --api-key)")
-    batching = f"up to {options.max_batch_size} sequences per step" if options.batching else "off (one request at a time)"
-    lines.append(f"batching: {batching}; limits: prompt {options.max_prompt_tokens} tokens, {options.max_new_tokens} "
-                 f"new tokens, {options.max_concurrent} requests in flight, {options.request_timeout_s:g} s timeout")
+    lines.append(batching)
     if options.log_db:
         lines.append(f"request log: {options.log_db.resolve()} (kept {options.log_retention_days:g} days, at most "
                      f"{options.log_max_rows:,} requests{'; PII redacted' if options.log_redact_pii else ''}; "

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from tuneforge.models.generate import render_prompt
 from tuneforge.monitor.requestlog import Output, RequestLog, RequestRecord
 from tuneforge.serve import errors
+from tuneforge.serve.classifier import ClassifierWorker, ServedClassifier
 from tuneforge.serve.engine import Delta, Done, Engine, EngineClosed, Failed, Request, SamplingParams, asyncio_sink
 from tuneforge.serve.errors import ApiError
 from tuneforge.serve.metrics import ServerMetrics
@@ -42,10 +43,11 @@ CLIENT_LEFT = 499  # logged status of a stream the client closed before its end 
 
 @dataclass
 class ServerState:
-    """Everything a route needs, held by the app (app.state.server)."""
+    """Everything a route needs, held by the app (app.state.server): a language model and its engine, or a
+    classifier and its worker (classify.py)."""
 
-    served: Served
-    engine: Engine
+    served: Served | ServedClassifier
+    engine: Engine | ClassifierWorker
     options: ServeOptions
     metrics: ServerMetrics
     in_flight: int = 0
@@ -151,7 +153,10 @@ def completion_job(body: CompletionRequest, state: ServerState, arrival: Arrival
     return Job(arrival, model, adapter, prompts, sampling(body, prompts, state), body.n, arrival.version)
 
 
-def pick_model(name: str | None, served: Served) -> tuple[str, str | None]:
+def pick_model(name: str | None, served: Served | ServedClassifier) -> tuple[str, str | None]:
+    if isinstance(served, ServedClassifier):
+        raise ApiError(400, f"The model '{served.name}' is a classifier: it labels texts and generates none; POST "
+                       '/v1/classify with {"input": ["a text", ...]}', param="model", code="not_a_generative_model")
     name = name or served.default
     if name not in served.names:
         raise errors.unknown_model(name, list(served.names))

@@ -1,5 +1,8 @@
 """Prometheus metrics of the server: requests, errors, latency, tokens in and out, queue depth, batching, request log.
 
+Requests, errors and latency are counted by endpoint (app.Metered), /v1/classify included; a
+classifier's server reports its worker's rounds and texts instead of the engine's decode steps.
+
 Each app gets its own registry (several servers may live in one process, as in the tests);
 the engine's gauges and step counters are read at scrape time, so serving never waits on them.
 """
@@ -32,6 +35,24 @@ class EngineCollector:
                                   value=stats.failures)
 
 
+class ClassifierCollector:
+    """A classifier's worker counters (serve/classifier.py): requests, texts, and the rounds they shared."""
+
+    def __init__(self, worker):
+        self.worker = worker
+
+    def collect(self):
+        stats = self.worker.stats
+        yield CounterMetricFamily("tuneforge_classified_requests", "Classify requests answered by the classifier",
+                                  value=stats.requests)
+        yield CounterMetricFamily("tuneforge_classified_texts", "Texts classified", value=stats.texts)
+        yield CounterMetricFamily("tuneforge_classify_rounds", "Rounds of forward passes, each over every request "
+                                  "waiting when it began (requests / rounds = requests sharing a round)",
+                                  value=stats.rounds)
+        yield CounterMetricFamily("tuneforge_classify_failures", "Rounds that raised; their requests got errors",
+                                  value=stats.failures)
+
+
 class RequestLogCollector:
     """The request log's counters (monitor/requestlog.py keeps them; its writer thread knows nothing of Prometheus)."""
 
@@ -58,7 +79,8 @@ class RequestLogCollector:
 
 
 class ServerMetrics:
-    def __init__(self, engine, request_log=None):
+    def __init__(self, engine, request_log=None, collector=None):
+        """`engine`: queue depth and running sequences; `collector`: its counters (default: the generation engine's)."""
         disable_created_metrics()  # no `_created` series beside every counter: half the text, nothing lost
         self.registry = CollectorRegistry()
         self.requests = Counter("tuneforge_requests", "HTTP requests by endpoint and status code",
@@ -73,13 +95,13 @@ class ServerMetrics:
                                      ["model"], registry=self.registry)
         self.completion_tokens = Counter("tuneforge_completion_tokens", "Generated tokens (tokens out)",
                                          ["model"], registry=self.registry)
-        self.in_flight = Gauge("tuneforge_requests_in_flight", "Generation requests admitted and not yet answered",
-                               registry=self.registry)
+        self.in_flight = Gauge("tuneforge_requests_in_flight", "Generation or classify requests admitted and not "
+                               "yet answered", registry=self.registry)
         Gauge("tuneforge_queue_depth", "Requests waiting to join the running batch",
               registry=self.registry).set_function(lambda: engine.queue_depth)
         Gauge("tuneforge_running_sequences", "Sequences in the running batch",
               registry=self.registry).set_function(lambda: engine.running)
-        self.registry.register(EngineCollector(engine))
+        self.registry.register(collector or EngineCollector(engine))
         if request_log is not None:
             self.registry.register(RequestLogCollector(request_log))
 

@@ -3,7 +3,8 @@
 Requests forbid unknown fields, so a typo (`temprature`) or an OpenAI feature tuneforge does not
 implement (`tools`, `logprobs`, `response_format`) is a 400 naming the field rather than being
 silently ignored. Responses keep the OpenAI field names and types, so the `openai` package parses them.
-Feedback (POST /v1/feedback) is tuneforge's own: a rating of a logged request, by its response id.
+Feedback (POST /v1/feedback) is tuneforge's own: a rating of a logged request, by its response id;
+so is classification (POST /v1/classify): texts in, each one's label(s) and class probabilities out.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import time
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic_core import PydanticCustomError
+
+MAX_TEXTS = 256  # per classify request; more get 400 (send them in several requests)
 
 
 class Strict(BaseModel):
@@ -119,6 +123,26 @@ class FeedbackRequest(Strict):
         if value not in (1, -1):
             raise ValueError("must be 1 (a good answer) or -1 (a bad one)")
         return value
+
+
+class ClassifyRequest(Strict):
+    model: str | None = None
+    input: str | list[str] = Field(validation_alias=AliasChoices("input", "texts"),
+                                   description="a text or a list of texts (also accepted as `texts`)")
+    threshold: float | None = Field(None, gt=0, lt=1, description="multi-label: override the saved threshold")
+
+    @field_validator("input")
+    @classmethod
+    def _some_texts(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not value:
+            raise PydanticCustomError("no_texts", "give at least one text")
+        if isinstance(value, list) and len(value) > MAX_TEXTS:
+            raise PydanticCustomError("too_many_texts", f"at most {MAX_TEXTS} texts per request, got {len(value)}; "
+                                      "send them in several requests")
+        return value
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
 
 
 # --- responses ---------------------------------------------------------------------------------
@@ -230,6 +254,20 @@ class FeedbackReceipt(BaseModel):
     request_id: str
     rating: int
     created: int
+
+
+class ClassifyResult(BaseModel):
+    index: int
+    label: str | None = None  # single-label classifiers
+    labels: list[str] | None = None  # multi-label classifiers: every class at the threshold
+    scores: dict[str, float]  # every class's probability
+
+
+class ClassifyResponse(BaseModel):
+    id: str  # also the X-Request-Id header and the request log's key (POST /v1/feedback rates it)
+    object: Literal["list"] = "list"
+    model: str
+    data: list[ClassifyResult]
 
 
 class ErrorDetail(BaseModel):
