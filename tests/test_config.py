@@ -87,3 +87,47 @@ def test_bare_off_in_yaml_is_the_word_off(run_config):
     path.write_text(path.read_text().replace("train:\n", "train:\n  preflight: off\n", 1))
     assert load_config(path).train.preflight == "off"
     assert load_config(run_config(), ["train.preflight=off"]).train.preflight == "off"
+
+
+def test_every_task_has_its_rules():
+    from typing import get_args
+
+    from tuneforge.config.rules import TASK_RULES
+
+    assert set(TASK_RULES) == set(get_args(RunConfig.model_fields["task"].annotation))
+
+
+def test_builtin_metric_names_match_the_scorers():
+    from tuneforge.config.metric_names import BUILTIN_METRICS
+    from tuneforge.evaluate.metrics import BUILTIN_NAMES
+
+    assert BUILTIN_METRICS == BUILTIN_NAMES
+
+
+def test_best_metric_not_measured_names_file_and_line(run_config):
+    path = run_config(**{"eval.metrics": ["exact_match"], "eval.best_metric": "token_f1"})
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.strip().startswith("best_metric:"))
+    with pytest.raises(ConfigError, match=rf"run.yaml:{line}: eval\.best_metric: token_f1 is not one of eval\.metrics"):
+        load_config(path)
+
+
+def test_custom_metric_is_named_by_its_function_for_best_metric(run_config):
+    config = load_config(run_config(**{"eval.metrics": [f"{__name__}:length_ratio"], "eval.best_metric": "length_ratio"}))
+    assert config.eval.best_metric == "length_ratio"
+
+
+def length_ratio(prediction: str, reference: str) -> float:
+    return min(len(prediction), len(reference)) / max(len(prediction), len(reference), 1)
+
+
+def test_config_imports_only_the_layers_below_it():
+    # config is the bottom layer: loading a run file imports neither evaluate, models nor torch
+    import subprocess
+    import sys
+
+    code = ("import sys, tuneforge.config; "
+            "print(sorted(m for m in sys.modules if m.startswith('tuneforge') or m == 'torch'))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert {name.strip("' ") for name in loaded.strip("[]\n").split(",")} == {
+        "tuneforge", "tuneforge.errors", "tuneforge.paths", "tuneforge.config", "tuneforge.config.gates",
+        "tuneforge.config.load", "tuneforge.config.metric_names", "tuneforge.config.rules", "tuneforge.config.schema"}

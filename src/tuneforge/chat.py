@@ -1,15 +1,46 @@
-"""The terminal chat: stream each reply as it is generated and keep the conversation.
+"""`tuneforge chat` and `tuneforge generate`: stream each reply as it is generated and keep the conversation.
 
 Commands inside the chat: /reset forgets the conversation, /exit (or Ctrl-D) leaves.
 """
 
 from __future__ import annotations
 
-from typing import TextIO
+import sys
+from typing import TYPE_CHECKING, TextIO
 
 from rich.console import Console
 
-from tuneforge.models.generate import Sampling, stream_reply
+if TYPE_CHECKING:  # models.generate imports torch, which `tuneforge --help` must not wait for
+    from tuneforge.models.generate import Sampling
+
+
+def add_parsers(commands) -> None:
+    """`chat` (a conversation in the terminal) and `generate` (one answer), both run by run_chat."""
+    for name, help_text in (("chat", "talk with a model in the terminal"), ("generate", "answer one prompt")):
+        sub = commands.add_parser(name, help=help_text, description=f"{help_text[0].upper()}{help_text[1:]}. "
+                                  "MODEL is a run directory, a checkpoint, a local model directory, a hub id, "
+                                  "a .gguf file or embedded:smollm2-135m-instruct.")
+        sub.add_argument("model", metavar="MODEL")
+        if name == "generate":
+            sub.add_argument("prompt", help="the user message")
+        sub.add_argument("--system", help="system message (default: the chat template's own)")
+        sub.add_argument("--max-new-tokens", type=int, default=256)
+        sub.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily")
+        sub.add_argument("--top-p", type=float, default=1.0)
+        sub.set_defaults(run=run_chat)
+
+
+def run_chat(args, console: Console) -> int:
+    from tuneforge.models.generate import Sampling  # torch
+    from tuneforge.models.load import load_for_inference  # torch, transformers
+
+    sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+    model, tokenizer = load_for_inference(args.model)
+    if args.command == "generate":
+        answer_once(model, tokenizer, args.prompt, args.system, sampling, sys.stdout)
+    else:
+        chat_loop(model, tokenizer, args.system, sampling, console)
+    return 0
 
 
 def start_messages(system: str | None) -> list[dict]:
@@ -17,6 +48,8 @@ def start_messages(system: str | None) -> list[dict]:
 
 
 def stream_to(out: TextIO, model, tokenizer, messages: list[dict], sampling: Sampling) -> str:
+    from tuneforge.models.generate import stream_reply  # torch
+
     pieces = []
     for piece in stream_reply(model, tokenizer, messages, sampling):
         out.write(piece)

@@ -14,13 +14,13 @@ from rich.console import Console
 
 from tests.serve.conftest import free_port, gated, http, server_thread, wait_until
 from tuneforge.models.classifier import load_classifier
-from tuneforge.serve.predict import add_predict_parser, run_predict
+from tuneforge.serve.predict import add_parsers, run_predict
 from tuneforge.errors import DataError, ModelError
 
 
 def predict(*argv: str) -> tuple[int, str]:
     parser = argparse.ArgumentParser()
-    add_predict_parser(parser.add_subparsers(dest="command"))
+    add_parsers(parser.add_subparsers(dest="command"))
     console = Console(record=True, width=200, file=io.StringIO())
     code = run_predict(parser.parse_args(["predict", *argv]), console)
     return code, console.export_text()

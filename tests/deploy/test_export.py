@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from tests.conftest import chat_records, make_model_dir, train_tokenizer, write_jsonl
 from tuneforge.config import load_config
 from tuneforge.deploy import parity
-from tuneforge.deploy.commands import PARITY_FAILED_EXIT, add_export_parser, run_export
+from tuneforge.deploy.commands import PARITY_FAILED_EXIT, add_parsers, run_export
 from tuneforge.deploy.export import ExportRequest, export
 from tuneforge.errors import ConfigError, RunDirError
 from tuneforge.models.generate import Sampling, generate_completions
@@ -63,7 +63,7 @@ def lora_run(full_run, tmp_path_factory):
 
 def cli(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="tuneforge")
-    add_export_parser(parser.add_subparsers(dest="command"))
+    add_parsers(parser.add_subparsers(dest="command"))
     return parser.parse_args(["export", *argv])
 
 

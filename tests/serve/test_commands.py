@@ -18,13 +18,13 @@ from rich.console import Console
 from tests.serve.conftest import free_port
 from tuneforge.errors import ConfigError
 from tuneforge.monitor.store import connect, read_requests
-from tuneforge.serve.commands import add_serve_parser, describe, options_from, run_serve
+from tuneforge.serve.commands import add_parsers, describe, options_from, run_serve
 from tuneforge.serve.options import API_KEYS_ENV, ServeOptions, api_keys_from
 
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="tuneforge")
-    add_serve_parser(parser.add_subparsers(dest="command"))
+    add_parsers(parser.add_subparsers(dest="command"))
     return parser.parse_args(["serve", *argv])
 
 
@@ -71,10 +71,10 @@ engine.Engine._forward = slow_forward
 engine.suppressed_tokens = lambda model, device: torch.tensor(sorted(engine.end_of_turn_ids(model.generation_config, tokenizer)))
 import argparse
 from tuneforge.models.load import load_tokenizer
-from tuneforge.serve.commands import add_serve_parser, run_serve
+from tuneforge.serve.commands import add_parsers, run_serve
 tokenizer = load_tokenizer(sys.argv[2])
 parser = argparse.ArgumentParser()
-add_serve_parser(parser.add_subparsers(dest="command"))
+add_parsers(parser.add_subparsers(dest="command"))
 sys.exit(run_serve(parser.parse_args(sys.argv[1:]), Console(stderr=True)))
 """
 

@@ -1,4 +1,4 @@
-"""`tuneforge export`: its argument parser and its entry point (cli.py wires both in)."""
+"""`tuneforge export`: its argument parser and its entry point (cli.py calls add_parsers)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ PARITY_FAILED_EXIT = 3  # as a failed gate in `tuneforge eval`
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def add_export_parser(commands) -> None:
-    """Add the `export` subcommand to the `tuneforge` parser's subparsers."""
+def add_parsers(commands) -> None:
+    """`export`, run by run_export."""
     export = commands.add_parser(
         "export", help="write a run's model for serving (merged or adapter), after a parity check",
         description="Export a run's fine-tuned model into DIR: --merge writes a full model (LoRA merged into the base) "
@@ -23,6 +23,7 @@ def add_export_parser(commands) -> None:
         "golden prompts (the run's validation data) as the run's model does: logits within a tolerance (float32), "
         "identical greedy replies, ending at the end-of-turn token. An export that fails is not written; exits 3 "
         "and says why. DIR also gets README.md (model card) and parity.json.")
+    export.set_defaults(run=run_export)
     export.add_argument("run", type=Path, metavar="RUN", help="a run directory or a checkpoint directory")
     export.add_argument("--to", type=Path, required=True, metavar="DIR", help="the export directory (new or empty)")
     mode = export.add_mutually_exclusive_group(required=True)

@@ -17,19 +17,17 @@ A custom metric is named in the config as `module:function`; the function takes
 
 from __future__ import annotations
 
-import importlib
 import math
 import unicodedata
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+from tuneforge.config.metric_names import custom_metric  # the names a run file may use live in config
 from tuneforge.errors import ConfigError
 
 ARTICLES = frozenset({"a", "an", "the"})
 OTHER = "(other)"  # confusion-matrix column of predictions that match no label
-# Names the evaluator writes beside the generation metrics; a custom metric may not take them.
-RESERVED_NAMES = ("accuracy", "macro_f1", "loss", "eval_loss", "perplexity", "perplexity_general")
 
 
 # --- normalisation ---------------------------------------------------------------------------
@@ -151,32 +149,12 @@ BUILTIN_NAMES = tuple(metric.name for metric in GENERATION_METRICS)
 
 
 def generation_metric(name: str) -> Metric:
-    """A built-in metric by name, or the custom `module:function` (named by its function).
-
-    A custom metric's name is the function's, so gates and `best_metric` can say
-    `keyword_hit >= 0.5`; it may therefore not reuse a built-in's name or one the evaluator
-    reports (accuracy, loss, ...), whose summaries would be confused with it.
-    """
+    """A built-in metric by name, or the custom `module:function` (named by its function;
+    config/metric_names.py resolves it and says what is wrong with a bad name)."""
     for metric in GENERATION_METRICS:
         if metric.name == name:
             return metric
-    known = ", ".join(BUILTIN_NAMES)
-    if ":" not in name:
-        raise ConfigError(f"unknown metric {name!r}: use one of {known}, or module:function for your own")
-    module_name, _, function_name = name.partition(":")
-    if not module_name or not function_name:
-        raise ConfigError(f"metric {name!r}: write a custom metric as module:function (built-in: {known})")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"metric {name!r}: cannot import module {module_name!r} ({exc})") from None
-    function = getattr(module, function_name, None)
-    if function is None:
-        raise ConfigError(f"metric {name!r}: module {module_name!r} has no function {function_name!r}")
-    if not callable(function):
-        raise ConfigError(f"metric {name!r}: {module_name}.{function_name} is not callable")
-    if function_name in BUILTIN_NAMES + RESERVED_NAMES:
-        raise ConfigError(f"metric {name!r}: the name {function_name!r} is taken; rename the function")
+    function_name, function = custom_metric(name)
     return Metric(function_name, function)
 
 

@@ -15,8 +15,8 @@ import torch
 
 from tuneforge.errors import ModelError
 from tuneforge.models.resolve import resolve
-
-MODEL_INFO = "tuneforge.json"
+# Where a run keeps its saved fine-tune is the on-disk layout (paths.py); imported here for the loaders below and their callers.
+from tuneforge.paths import MODEL_INFO, saved_fine_tune, saved_model_dir
 
 
 @dataclass(frozen=True)
@@ -98,29 +98,6 @@ def load_causal_lm(path: Path, dtype: torch.dtype, quantization=None, device: to
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **placement)
     except (OSError, ValueError) as exc:
         raise ModelError(f"{path}: cannot load model: {exc}") from exc
-
-
-def saved_model_dir(path: Path) -> Path | None:
-    """The directory holding a saved fine-tune, given a run dir, a checkpoint dir, or the dir itself."""
-    for candidate in (path / "final", path / "model", path):
-        if (candidate / MODEL_INFO).is_file():
-            return candidate
-    latest = path / "checkpoints" / "latest"
-    if latest.is_file():
-        candidate = path / "checkpoints" / latest.read_text().strip() / "model"
-        if (candidate / MODEL_INFO).is_file():
-            return candidate
-    return None
-
-
-def saved_fine_tune(path: Path) -> tuple[Path, dict]:
-    """(directory, its tuneforge.json) of the fine-tune a run dir, checkpoint or model dir holds; a run
-    that starts from another's weights (model.init_from) uses it.  ModelError when there is none."""
-    saved = saved_model_dir(Path(path)) if Path(path).is_dir() else None
-    if saved is None:
-        raise ModelError(f"{path}: no saved fine-tune here (expected a run directory, a checkpoint, or a "
-                         f"directory holding {MODEL_INFO})")
-    return saved, json.loads((saved / MODEL_INFO).read_text())
 
 
 def load_for_inference(reference: str, device: torch.device | None = None, dtype: str = "auto"):

@@ -1,25 +1,11 @@
-"""QLoRA's 4-bit base: whether this machine can load one, and the bitsandbytes settings it loads with.
+"""QLoRA's 4-bit base: the bitsandbytes settings it loads with.
 
 bitsandbytes' 4-bit kernels are CUDA kernels, so a quantized run is refused when the config is
-read on a machine without CUDA or without the package, before any data or model work.
+read on a machine without CUDA or without the package, before any data or model work
+(config/rules.py, quantization_problem).
 """
 
 from __future__ import annotations
-
-import importlib.util
-
-
-def quantization_problem() -> str | None:
-    """Why a 4-bit base cannot load here, or None when it can."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return ("needs an NVIDIA GPU with CUDA (bitsandbytes' 4-bit kernels), and this machine has none; "
-                "drop model.quantize to train LoRA on the full-precision base, or use "
-                "train.gradient_checkpointing and a smaller batch to save memory")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        return "needs the bitsandbytes package: pip install 'tuneforge[qlora]'"
-    return None
 
 
 def four_bit_config(compute_dtype):

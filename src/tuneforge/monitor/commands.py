@@ -47,7 +47,13 @@ def add_window(parser) -> None:
     parser.add_argument("--until", metavar="WHEN", help="only requests before then; same forms")
 
 
-def add_monitor_parser(commands) -> None:
+def add_parsers(commands) -> None:
+    """`monitor` (report, drift) and `curate`, each run by the function of its name."""
+    add_monitor(commands)
+    add_curate(commands)
+
+
+def add_monitor(commands) -> None:
     monitor = commands.add_parser("monitor", help="report on, or check drift in, the served model's request log",
                                   description="Read the request log that tuneforge serve writes.")
     actions = monitor.add_subparsers(dest="monitor_command", required=True, metavar="ACTION")
@@ -56,6 +62,7 @@ def add_monitor_parser(commands) -> None:
         description="Traffic over time, latency and time-to-first-token percentiles, error rate by status, token "
         "usage, feedback rate and approval, per model version and overall, as terminal tables; --out DIR also "
         "writes DIR/index.html with PNG charts and DIR/report.json.")
+    report.set_defaults(run=run_report)
     add_window(report)
     report.add_argument("--out", type=Path, metavar="DIR", help="also write DIR/index.html, charts and report.json")
     from tuneforge.monitor.drift import DEFAULT_THRESHOLDS
@@ -69,6 +76,7 @@ def add_monitor_parser(commands) -> None:
         "Each signal's drift score is its production score minus the score of same-size samples of the training "
         "prompts held out from the rest, so small samples are not flagged for being small. Exits 3 when a signal "
         "is flagged.")
+    drift.set_defaults(run=run_drift)
     add_window(drift)
     drift.add_argument("--data", action="append", default=[], metavar="TRAIN_FILE",
                        help="training data: a file, folder or glob (repeatable)")
@@ -81,13 +89,14 @@ def add_monitor_parser(commands) -> None:
     drift.add_argument("--out", type=Path, metavar="FILE.json", help="also write the result as JSON")
 
 
-def add_curate_parser(commands) -> None:
+def add_curate(commands) -> None:
     curate = commands.add_parser(
         "curate", help="turn rated production traffic into training data",
         description="Approved answers (latest rating +1) and corrections become SFT chat records in FILE; a "
         "rejected answer with a correction also becomes a preference pair in FILE's .preference.jsonl sibling. "
         "PII is redacted, duplicates of the --train data and of each other are dropped, and FILE.manifest.json "
         "lists each record's source requests and what was skipped, and why. Exits 1 when nothing was curated.")
+    curate.set_defaults(run=run_curate)
     add_window(curate)
     curate.add_argument("--out", type=Path, required=True, metavar="FILE.jsonl", help="the curated chat records")
     curate.add_argument("--train", action="append", default=[], metavar="FILE",
@@ -108,12 +117,6 @@ def read_log(args):
         return read_requests(conn, since, until), read_feedback(conn), since, until
     finally:
         conn.close()
-
-
-def run_monitor(args, console: Console) -> int:
-    if args.monitor_command == "report":
-        return run_report(args, console)
-    return run_drift(args, console)
 
 
 def run_report(args, console: Console) -> int:

@@ -1,7 +1,8 @@
-"""`tuneforge models register | list | show | promote | rollback`: the registry from the command line.
+"""`tuneforge models register | list | show | promote | rollback` and `tuneforge retrain`: the registry's commands.
 
-`models list` and `models import` of embedded and cached models stay in models/catalog.py;
-`list` also prints the registry's versions when a registry file exists (it never creates one).
+The `models` group is the registry's: `models list` and `models import` of embedded and cached
+models are the models package's (models/commands.py), added to the group here, and `list` also
+prints the registry's versions when a registry file exists (it never creates one).
 Promotion refuses a version whose gates failed unless forced, because the alias is what a
 server serves: `tuneforge serve registry:production` picks the change up without a restart.
 """
@@ -17,6 +18,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from tuneforge.evaluate.commands import GATE_FAILED_EXIT
+from tuneforge.models import commands as model_commands
+from tuneforge.registry.retrain import DEFAULT_REPLAY_RATIO, run_retrain
 from tuneforge.registry.store import (
     ALIASES, RegistryError, Version, alias_history, aliases, get_version, list_versions, open_registry,
     registry_path, resolve, rollback, set_alias,
@@ -25,14 +29,49 @@ from tuneforge.registry.store import (
 ACTIONS = ("register", "show", "promote", "rollback")
 
 
-def add_registry_arguments(models_commands, listing: argparse.ArgumentParser) -> None:
-    """The registry's actions under `tuneforge models`, and --registry on `models list`."""
+def add_parsers(commands) -> None:
+    """`retrain`, and the `models` group: the models package's list and import, then the registry's actions."""
+    add_retrain(commands)
+    add_models(commands)
 
-    def registry_option(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--registry", type=Path, metavar="PATH",
-                            help="the registry file (default: $TUNEFORGE_REGISTRY, else ./tuneforge-registry.db)")
 
+def add_retrain(commands) -> None:
+    retrain = commands.add_parser(
+        "retrain", help="fine-tune the production version further on curated data; promote it if it wins",
+        description="Fine-tune a registered version (default: production) further on curated data mixed with a "
+        "replay share of its original training data, evaluate it against that version on the same held-out data "
+        "with the configured gates and the forgetting check, register it, and promote it to production only if "
+        "it wins (else it becomes staging; RUN/retrain_report.json says why). Exit 0: promoted; 3: not promoted.")
+    retrain.add_argument("--from", dest="source", default="production", metavar="VERSION_OR_ALIAS",
+                         help="the version to start from (default: production)")
+    retrain.add_argument("--data", action="append", required=True, metavar="FILE",
+                         help="curated training data (repeatable), e.g. from tuneforge curate")
+    registry_option(retrain)
+    retrain.add_argument("--replay-ratio", type=float, default=DEFAULT_REPLAY_RATIO, metavar="R",
+                         help="fraction of the training records replayed from the version's own training data "
+                         "(default 0.33: one for every two curated records; 0 turns replay off)")
+    retrain.add_argument("--validation", action="append", default=[], metavar="FILE",
+                         help="held-out data to add to the version's own validation data (repeatable)")
+    retrain.add_argument("--gate", dest="gates", action="append", default=[], metavar="GATE",
+                         help='a gate besides eval.gates, e.g. "token_f1 >= base + 0.05" (repeatable)')
+    retrain.add_argument("--output-dir", type=Path, metavar="DIR",
+                         help="the new run's directory (default: runs/retrain-VERSION-TIME)")
+    retrain.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a key of the new run file, e.g. train.max_steps=50 (repeatable)")
+    retrain.add_argument("--no-promote", action="store_true",
+                         help="register the new version as staging even if it wins")
+    retrain.set_defaults(run=run_retrain)
+
+
+def add_models(commands) -> None:
+    models = commands.add_parser("models", help="list, import and register models; promote, roll back",
+                                 description="List or import models; the model registry's versions and aliases.")
+    models_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    model_commands.add_parsers(models_commands)  # list, import
+    listing = models_commands.choices["list"]
     registry_option(listing)
+    listing.set_defaults(run=run_list)
+
     register = models_commands.add_parser(
         "register", help="add a finished run to the model registry",
         description="Register a finished run directory as a new model version: its base model, data hashes, run "
@@ -57,6 +96,18 @@ def add_registry_arguments(models_commands, listing: argparse.ArgumentParser) ->
     back.add_argument("alias", nargs="?", default="production", metavar="ALIAS")
     for parser in (register, show, promote, back):
         registry_option(parser)
+        parser.set_defaults(run=run_registry)
+
+
+def registry_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--registry", type=Path, metavar="PATH",
+                        help="the registry file (default: $TUNEFORGE_REGISTRY, else ./tuneforge-registry.db)")
+
+
+def run_list(args, console: Console) -> int:
+    """`models list`: the embedded and cached models, then the registered versions."""
+    model_commands.run_list(args, console)
+    return run_registry(args, console)
 
 
 def run_registry(args, console: Console) -> int:
@@ -96,8 +147,6 @@ def run_registry(args, console: Console) -> int:
 def promote(conn: sqlite3.Connection, version: Version, alias: str, force: bool, out: Console, console: Console) -> int:
     """Point `alias` at `version`; a version whose gates failed is refused (exit 3) unless forced."""
     if version.gate_outcome == "failed" and not force:
-        from tuneforge.evaluate.commands import GATE_FAILED_EXIT
-
         failed = [g.get("reason", g.get("gate")) for g in version.gate.get("gates", []) if not g.get("passed")]
         console.print(f"[bold red]refused:[/] {version.id}'s gates failed ({'; '.join(failed)}); not promoted to "
                       f"{alias}. Pass --force to promote it anyway.", highlight=False)

@@ -33,39 +33,12 @@ from rich.console import Console
 
 from tuneforge.errors import ConfigError
 from tuneforge.registry.store import Version, aliases, open_registry, registry_path, resolve, set_alias
+from tuneforge.train.signals import INTERRUPT_EXIT
 
 DEFAULT_REPLAY_RATIO = 1 / 3  # one replayed record for every two curated ones
 RUN_FILE = "retrain.yaml"
 REPORT = "retrain_report.json"  # in the new run's directory; registry/runs.py stores it with the version
 NOT_PROMOTED_EXIT = 3  # as a failed gate
-
-
-def add_retrain_parser(commands) -> None:
-    retrain = commands.add_parser(
-        "retrain", help="fine-tune the production version further on curated data; promote it if it wins",
-        description="Fine-tune a registered version (default: production) further on curated data mixed with a "
-        "replay share of its original training data, evaluate it against that version on the same held-out data "
-        "with the configured gates and the forgetting check, register it, and promote it to production only if "
-        "it wins (else it becomes staging; RUN/retrain_report.json says why). Exit 0: promoted; 3: not promoted.")
-    retrain.add_argument("--from", dest="source", default="production", metavar="VERSION_OR_ALIAS",
-                         help="the version to start from (default: production)")
-    retrain.add_argument("--data", action="append", required=True, metavar="FILE",
-                         help="curated training data (repeatable), e.g. from tuneforge curate")
-    retrain.add_argument("--registry", type=Path, metavar="PATH",
-                         help="the registry file (default: $TUNEFORGE_REGISTRY, else ./tuneforge-registry.db)")
-    retrain.add_argument("--replay-ratio", type=float, default=DEFAULT_REPLAY_RATIO, metavar="R",
-                         help="fraction of the training records replayed from the version's own training data "
-                         "(default 0.33: one for every two curated records; 0 turns replay off)")
-    retrain.add_argument("--validation", action="append", default=[], metavar="FILE",
-                         help="held-out data to add to the version's own validation data (repeatable)")
-    retrain.add_argument("--gate", dest="gates", action="append", default=[], metavar="GATE",
-                         help='a gate besides eval.gates, e.g. "token_f1 >= base + 0.05" (repeatable)')
-    retrain.add_argument("--output-dir", type=Path, metavar="DIR",
-                         help="the new run's directory (default: runs/retrain-VERSION-TIME)")
-    retrain.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                         help="override a key of the new run file, e.g. train.max_steps=50 (repeatable)")
-    retrain.add_argument("--no-promote", action="store_true",
-                         help="register the new version as staging even if it wins")
 
 
 @dataclass
@@ -101,8 +74,6 @@ def run_retrain(args, console: Console) -> int:
                       highlight=False)
         result = train(config, console=console)
         if result.interrupted_by:
-            from tuneforge.cli import INTERRUPT_EXIT
-
             console.print(f"stopped by {result.interrupted_by}; nothing registered. Continue the training with "
                           f"`tuneforge train {config.output_dir / 'config.yaml'} --resume`, then register it with "
                           f"`tuneforge models register {config.output_dir} --parent {version.id}`.", highlight=False)

@@ -15,7 +15,8 @@ from tuneforge.serve.protocol import MAX_TEXTS
 DEFAULTS = ServeOptions()
 
 
-def add_serve_parser(commands) -> None:
+def add_parsers(commands) -> None:
+    """`serve`, run by run_serve."""
     serve = commands.add_parser(
         "serve", help="serve a model over an OpenAI-compatible HTTP API",
         description="Serve a model (a run directory, checkpoint, local model directory, hub id, .gguf file or "
@@ -26,6 +27,7 @@ def add_serve_parser(commands) -> None:
         "model under its own name; --adapter adds more adapters, each addressable by name. registry:ALIAS (e.g. "
         "registry:production) serves the version a registry alias names, under the alias, and follows promote and "
         "rollback without a restart. Ctrl-C or SIGTERM finishes the requests in flight, then exits.")
+    serve.set_defaults(run=run_serve)
     serve.add_argument("model", metavar="MODEL_OR_RUN")
     serve.add_argument("--adapter", dest="adapters", action="append", default=[], metavar="NAME=PATH",
                        help="also serve a LoRA adapter (a run dir, checkpoint or adapter dir) as model NAME (repeatable)")

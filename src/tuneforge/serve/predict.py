@@ -17,13 +17,15 @@ from tuneforge.errors import ConfigError, DataError
 from tuneforge.files import write_atomic
 
 
-def add_predict_parser(commands) -> None:
+def add_parsers(commands) -> None:
+    """`predict`, run by run_predict."""
     predict = commands.add_parser(
         "predict", help="label texts with a classifier (task: classify)",
         description="Label every text of FILE with a classifier trained with task: classify (a run directory, its "
         "final/ or a checkpoint). Writes one JSON line per text: its source (file:line), the label (or, multi-label, "
         "the labels at the threshold) and every class's probability. When the records carry labels too, prints "
         "accuracy and macro-F1.")
+    predict.set_defaults(run=run_predict)
     predict.add_argument("model", metavar="MODEL_OR_RUN")
     predict.add_argument("file", type=Path, metavar="FILE",
                          help="JSONL, JSON, CSV/TSV or Parquet records with a 'text' field; or .txt, one text a line")

@@ -15,9 +15,7 @@ from pathlib import Path
 
 from tuneforge.config import RunConfig
 from tuneforge.data.formats import read_records
-from tuneforge.errors import ConfigError
 from tuneforge.evaluate.evaluator import EvalExample, eval_examples, score
-from tuneforge.evaluate.metrics import generation_metric
 from tuneforge.models.generate import Sampling, generate_completions
 
 BEST = "best.json"
@@ -76,20 +74,9 @@ def best_checkpoint_name(checkpoint_root: Path) -> str | None:
 def validation_examples(config: RunConfig) -> list[EvalExample]:
     """The examples whose answers are scored at each periodic evaluation: from data.validation files,
     capped at eval.max_examples; none without eval.metrics or validation files (val_split holds out
-    tokenized data only), unless the best checkpoint is judged by a metric, which then needs them."""
-    metric = metric_key(config.eval.best_metric)
-    by_metric = metric not in LOWER_IS_BETTER
-    named = {generation_metric(name).name for name in config.eval.metrics}  # module:function is named by its function
-    if by_metric and metric.removeprefix("eval_") not in {*named, "accuracy", "macro_f1"}:
-        raise ConfigError(f"eval.best_metric: {config.eval.best_metric} is not one of eval.metrics ({', '.join(config.eval.metrics)})")
-    if not config.eval.metrics:
-        return []
-    if not config.data.validation:
-        if by_metric:
-            raise ConfigError(
-                f"eval.best_metric: {config.eval.best_metric} is scored on the answers to validation examples; "
-                "name them in data.validation (val_split holds out tokenized data only), or use eval_loss"
-            )
+    tokenized data only).  A best checkpoint judged by a metric needs them: config/rules.py checks
+    that when the run file is loaded."""
+    if not config.eval.metrics or not config.data.validation:
         return []
     records = [r for path in config.data.validation for r in read_records(path)]
     return eval_examples(records)[: config.eval.max_examples]

@@ -1,12 +1,16 @@
 """SIGINT/SIGTERM ask the loop to stop after the current step and save a checkpoint.
 
 A second SIGINT stops at once (KeyboardInterrupt), for a user who does not want to wait.
+INTERRUPT_EXIT is the exit status of each way a run can stop early (train, tune, retrain use it).
 """
 
 from __future__ import annotations
 
 import signal
 from contextlib import contextmanager
+
+# The exit status of a run stopped by a signal (128 + its number, as a shell reports it) or by a stop callback.
+INTERRUPT_EXIT = {"SIGINT": 130, "SIGTERM": 143, "stop": 1}
 
 
 class StopRequest:

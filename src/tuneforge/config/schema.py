@@ -1,20 +1,25 @@
-"""The run configuration: one YAML file, validated before any work starts.
+"""The run file's schema: one small pydantic model per section, each checking its own fields.
 
-Every section is a small pydantic model that forbids unknown keys, so a misspelled key
-stops the run with the file, the line and the closest valid key instead of being
-silently ignored (the most expensive kind of typo: you find out after the run).
+Every section forbids unknown keys, so a misspelled key stops the run with the file, the line
+and the closest valid key (config/load.py renders that) instead of being silently ignored (the
+most expensive kind of typo: you find out after the run).  Rules that tie several sections
+together, and each task's own, are in config/rules.py; RunConfig runs them once, as it validates.
 """
 
 from __future__ import annotations
 
 import difflib
+import glob
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tuneforge.errors import ConfigError
+from tuneforge.config.gates import parse_gate
+from tuneforge.config.metric_names import check_metric
+from tuneforge.config.rules import check_rules
+from tuneforge.errors import ConfigError, ModelError
+from tuneforge.paths import saved_fine_tune
 
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 
@@ -42,9 +47,6 @@ class ModelConfig(Section):
     def _holds_a_fine_tune(cls, path: Path | None) -> Path | None:
         if path is None:
             return None
-        from tuneforge.errors import ModelError
-        from tuneforge.models.load import saved_fine_tune
-
         try:
             saved_fine_tune(path)
         except ModelError as exc:
@@ -84,8 +86,6 @@ class ReplayConfig(Section):
 
 def existing_source(text: str) -> str:
     """A data source: a file, a folder, a glob pattern with matches, or hf:NAME[#SPLIT]."""
-    import glob
-
     text = str(text)
     if text.startswith("hf:"):
         if len(text) <= 3:
@@ -254,15 +254,11 @@ class EvalConfig(Section):
     @field_validator("metrics")
     @classmethod
     def _metrics_exist(cls, names: list[str]) -> list[str]:
-        from tuneforge.evaluate.metrics import generation_metric
-
-        return each_checked(generation_metric, names)
+        return each_checked(check_metric, names)
 
     @field_validator("gates")
     @classmethod
     def _gates_parse(cls, gates: list[str]) -> list[str]:
-        from tuneforge.evaluate.gates import parse_gate
-
         return each_checked(parse_gate, gates)
 
 
@@ -299,10 +295,6 @@ class ClassifyConfig(Section):
             if repeated or not all(labels):
                 raise ValueError(f"labels must be distinct, non-empty names (repeated: {repeated or 'an empty name'})")
         return labels
-
-
-CLASSIFY_BEST_METRICS = ("eval_loss", "accuracy", "macro_f1")
-PRETRAIN_BEST_METRICS = ("eval_loss", "eval_perplexity")
 
 
 class CheckpointConfig(Section):
@@ -412,203 +404,6 @@ class RunConfig(Section):
         return self
 
     @model_validator(mode="after")
-    def _quantized_base_needs_adapter_and_cuda(self) -> RunConfig:
-        if self.model.quantize is None:
-            return self
-        if self.method != "lora":
-            raise ValueError("model.quantize trains an adapter on a frozen 4-bit base; set method: lora")
-        from tuneforge.models.quantize import quantization_problem
-
-        problem = quantization_problem()
-        if problem:
-            raise ValueError(f"model.quantize {problem}")
+    def _cross_field_rules(self) -> RunConfig:
+        check_rules(self)  # config/rules.py: every rule across sections, and each task's own
         return self
-
-    @model_validator(mode="after")
-    def _classify_settings_fit_the_task(self) -> RunConfig:
-        if self.task != "classify":
-            if self.classify != ClassifyConfig():
-                raise ValueError("classify applies to task: classify (set task: classify, or remove the section)")
-            return self
-        unused = [("data.replay", self.data.replay is not None), ("data.packing", self.data.packing),
-                  ("model.quantize", self.model.quantize is not None)]
-        for key, given in unused:
-            if given:
-                raise ValueError(f"{key} is not supported with task: classify; remove it")
-        if self.data.format not in ("auto", "classification"):
-            raise ValueError(f"data.format must be auto or classification with task: classify, got {self.data.format!r}")
-        if self.eval.best_metric.removeprefix("eval_") not in ("loss", "accuracy", "macro_f1"):
-            raise ValueError(f"eval.best_metric must be one of {', '.join(CLASSIFY_BEST_METRICS)} with task: classify, "
-                             f"got {self.eval.best_metric!r}")
-        return self
-
-    @model_validator(mode="after")
-    def _pretrain_settings_fit_the_task(self) -> RunConfig:
-        if self.task != "pretrain":
-            if self.data.split_long_texts and self.data.format not in ("auto", "text"):
-                raise ValueError("data.split_long_texts cuts text records; it does not apply to data.format "
-                                 f"{self.data.format!r}")
-            return self
-        if self.data.format not in ("auto", "text"):
-            raise ValueError(f"data.format must be auto or text with task: pretrain, got {self.data.format!r}")
-        chat_only = [("data.replay", self.data.replay is not None), ("eval.prompts", self.eval.prompts is not None)]
-        for key, given in chat_only:
-            if given:
-                raise ValueError(f"{key} is a chat setting (it generates replies); remove it with task: pretrain")
-        if self.eval.best_metric not in PRETRAIN_BEST_METRICS:
-            raise ValueError(f"eval.best_metric must be one of {', '.join(PRETRAIN_BEST_METRICS)} with task: "
-                             f"pretrain, got {self.eval.best_metric!r}")
-        if not self.data.validation and not self.data.val_split:
-            raise ValueError("data.validation task: pretrain reports perplexity on held-out text: name held-out files "
-                             "in data.validation or set data.val_split")
-        for key in ("packing", "split_long_texts"):  # what pretraining wants, unless the run file says otherwise
-            if key not in self.data.model_fields_set:
-                object.__setattr__(self.data, key, True)
-        return self
-
-    @model_validator(mode="after")
-    def _start_fits_the_run(self) -> RunConfig:
-        """A run from another fine-tune's weights trains them further the way they were trained."""
-        if self.model.init_from is None:
-            return self
-        from tuneforge.models.load import saved_fine_tune
-
-        saved, info = saved_fine_tune(self.model.init_from)
-        if self.task == "classify" or info.get("task") == "classify":
-            raise ValueError("model.init_from is not supported with classifiers (task: classify, or a start that is one)")
-        if info["method"] == "full" and self.method != "full":
-            raise ValueError(f"model.init_from holds full weights ({saved}); set method: full to train them further")
-        if info["method"] == "lora":
-            if self.method != "lora":
-                raise ValueError(f"model.init_from holds a LoRA adapter ({saved}); set method: lora to train it further")
-            if not same_model(info["base_model"], self.model.name):
-                raise ValueError(f"model.init_from's adapter was trained on {info['base_model']}, not on model.name "
-                                 f"{self.model.name}; set model.name: {info['base_model']}")
-        if self.train.kl_to_base > 0:
-            raise ValueError("train.kl_to_base cannot be used with model.init_from (its reference would be the "
-                             "original base model, not the weights the run starts from)")
-        return self
-
-    @model_validator(mode="after")
-    def _kl_needs_adapter_and_replay(self) -> RunConfig:
-        if self.train.kl_to_base > 0 and (self.method != "lora" or self.data.replay is None):
-            raise ValueError(
-                "train.kl_to_base needs method: lora (the base model is the adapter switched off) "
-                "and a data.replay section (the KL term covers replay tokens)"
-            )
-        return self
-
-
-def same_model(a: str, b: str) -> bool:
-    """Two model references name the same model: equal, or the same local directory."""
-    return a == b or Path(a).expanduser().is_dir() and Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
-
-
-def load_config(path: Path, overrides: list[str] = ()) -> RunConfig:
-    """Read, override and validate a run file; every failure is a ConfigError naming the spot."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc}") from exc
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from exc
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
-    overridden: set[tuple[str, ...]] = set()
-    for item in overrides:
-        keys = apply_override(raw, item)
-        overridden.add(keys)
-    try:
-        return RunConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(describe_errors(exc, path, text, overridden)) from None
-
-
-def apply_override(raw: dict, item: str) -> tuple[str, ...]:
-    """Apply one `a.b=value` (value parsed as YAML, so numbers and lists keep their type)."""
-    key, sep, value = item.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.learning_rate=1e-4")
-    keys = tuple(key.strip().split("."))
-    node = raw
-    for part in keys[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {item!r}: {part} is not a section")
-        node = child
-    try:
-        node[keys[-1]] = yaml.safe_load(value)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from None
-    return keys
-
-
-def describe_errors(exc: ValidationError, path: Path, text: str, overridden: set[tuple[str, ...]]) -> str:
-    lines = [f"{path}: invalid config ({exc.error_count()} problem{'s' if exc.error_count() > 1 else ''})"]
-    for error in exc.errors():
-        cross_field = not error["loc"]  # a check across sections; its message starts with the key it is about
-        if cross_field:
-            key, _, rest = error["msg"].removeprefix("Value error, ").partition(" ")
-            error = {**error, "loc": tuple(key.split(".")), "msg": rest}
-        loc = tuple(str(part) for part in error["loc"])
-        dotted = ".".join(loc) or "(top level)"
-        if any(loc[: len(keys)] == keys for keys in overridden):
-            where = "--set"
-        else:
-            line = yaml_line(text, error["loc"])
-            where = f"{path}:{line}" if line else str(path)
-        if error["type"] == "extra_forbidden":
-            message = f"unknown key '{loc[-1]}'"
-            valid = valid_keys(error["loc"][:-1])
-            close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
-            message += f"; did you mean '{close[0]}'?" if close else f"; valid keys here: {', '.join(valid)}"
-        else:
-            message = error["msg"].removeprefix("Value error, ")
-            if error["type"] not in ("missing",) and "input" in error and not cross_field:
-                message += f" (got {error['input']!r})"
-        lines.append(f"  {where}: {dotted}: {message}")
-    return "\n".join(lines)
-
-
-def valid_keys(loc: tuple) -> list[str]:
-    """The field names of the section at `loc`, for 'did you mean' suggestions."""
-    model: type[BaseModel] = RunConfig
-    for part in loc:
-        field = model.model_fields.get(str(part))
-        annotation = field.annotation if field else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        model = annotation
-    return list(model.model_fields)
-
-
-def yaml_line(text: str, loc: tuple) -> int | None:
-    """1-based line of the deepest key of `loc` present in the YAML text."""
-    try:
-        node = yaml.compose(text)
-    except yaml.YAMLError:
-        return None
-    line = None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            match = next(((k, v) for k, v in node.value if k.value == str(part)), None)
-            if match is None:
-                return line
-            line, node = match[0].start_mark.line + 1, match[1]
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            return line
-    return line
-
-
-def dump_config(config: RunConfig) -> str:
-    """The resolved config as YAML: every default filled in, every path absolute."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
