@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from tuneforge.errors import ConfigError
 from tuneforge.train.distributed import is_main_process, launch, launched
 from tuneforge.train.signals import INTERRUPT_EXIT
 
@@ -56,7 +57,6 @@ def run_train(args, console: Console) -> int:
     from tuneforge.config import load_config  # pydantic: kept out of `tuneforge --help`
 
     config = load_config(args.config, args.overrides)  # fails here, before anything heavy is imported
-    from tuneforge.errors import ConfigError
     from tuneforge.train.methods import method_for  # torch, transformers
 
     kind = method_for(config)
@@ -68,7 +68,7 @@ def run_train(args, console: Console) -> int:
         return launch(argv, args.nproc)
     if not is_main_process():
         console = Console(stderr=True, quiet=True)  # errors still print (main() has its own console)
-    from tuneforge.train.driver import train
+    from tuneforge.train.driver import train  # (loaded with method_for above)
 
     result = train(config, resume=args.resume, overwrite=args.overwrite, console=console)
     if result.interrupted_by:

@@ -33,6 +33,7 @@ from tuneforge.data.replay import encode_mix, replay_mix
 from tuneforge.evaluate import before_after
 from tuneforge.evaluate.evaluator import forgetting_warning
 from tuneforge.evaluate.loss import validation_loss
+from tuneforge.models.load import load_for_inference
 from tuneforge.models.tokenizer import training_tokenizer
 from tuneforge.train import checkpoint as ckpt
 from tuneforge.train import preflight as estimate
@@ -182,8 +183,6 @@ class LanguageModelMethod:
     def finish(self, model, eval_loss: tuple[float | None, float | None]):
         """Answers of the tuned model to the probes, beside the base model's; the summary table."""
         if is_fsdp(self.accelerator):  # rank 0 answers alone: with the whole model, not its shard
-            from tuneforge.models.load import load_for_inference
-
             model = load_for_inference(str(self.run_dir / "final"))[0]
         model.eval()
         config, tokenizer = self.config, self.tokenizer
