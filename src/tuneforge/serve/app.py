@@ -11,11 +11,14 @@ import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
+from tuneforge.dashboard.routes import API as DASHBOARD_API, dashboard_router
+from tuneforge.dashboard.settings import DashboardSettings
 from tuneforge.monitor.requestlog import RequestLog
 from tuneforge.serve.auth import KeyCheck
 from tuneforge.serve.completions import CHAT_PATH, COMPLETIONS_PATH, ServerState
@@ -30,8 +33,15 @@ log = logging.getLogger("tuneforge.serve")
 ENDPOINTS = {CHAT_PATH, COMPLETIONS_PATH, FEEDBACK_PATH, "/v1/models", "/health", "/metrics", "/"}
 
 
-def create_app(served: Served, options: ServeOptions, registry: RegistryTarget | None = None) -> FastAPI:
-    """`registry`: where `served` came from (`registry:NAME`); an alias is followed across promotions (live.py)."""
+GUARDED = ("/v1/", DASHBOARD_API + "/")  # paths that need an API key when the server has keys
+
+
+def create_app(served: Served, options: ServeOptions, registry: RegistryTarget | None = None,
+               dashboard: DashboardSettings | None = None) -> FastAPI:
+    """`registry`: where `served` came from (`registry:NAME`); an alias is followed across promotions (live.py).
+
+    `dashboard`: where the web dashboard at `/` finds runs and the registry (default: ./runs and the
+    default registry; the request log is always this server's own)."""
     engine = new_engine(served, options)
     engines = EngineTotals(engine)  # /metrics reads through this: the engine changes at each swap
     request_log = RequestLog(options.log_settings()) if options.log_db else None  # None: --no-log
@@ -57,6 +67,8 @@ def create_app(served: Served, options: ServeOptions, registry: RegistryTarget |
                   docs_url="/docs", redoc_url=None)
     app.state.server = state
     app.include_router(router)
+    board = dashboard or DashboardSettings(registry=registry.registry if registry else None)
+    app.include_router(dashboard_router(replace(board, log_db=options.log_db, model=board.model or served.names[served.default].root)))
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(HTTPException, http_error)
@@ -95,7 +107,7 @@ class Guard:
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
-            if scope["path"].startswith("/v1/"):
+            if scope["path"].startswith(GUARDED):
                 self.keys(headers.get("authorization"))
             if scope["method"] == "POST":
                 receive = await self.buffered_body(headers.get("content-length"), receive)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from tuneforge.dashboard.settings import DEFAULT_RUNS_ROOT, DashboardSettings
 from tuneforge.errors import ConfigError
 from tuneforge.monitor.requestlog import DEFAULT_LOG_DB
 from tuneforge.serve.options import API_KEYS_ENV, ServeOptions, api_keys_from
@@ -19,7 +20,8 @@ def add_serve_parser(commands) -> None:
         "serve", help="serve a model over an OpenAI-compatible HTTP API",
         description="Serve a model (a run directory, checkpoint, local model directory, hub id, .gguf file or "
         "embedded:smollm2-135m-instruct) over an OpenAI-compatible API: /v1/chat/completions, /v1/completions "
-        "(streaming too), /v1/models, /health, /metrics (Prometheus) and a chat page at /. Concurrent requests "
+        "(streaming too), /v1/models, /health, /metrics (Prometheus) and a web dashboard at / (runs, registry, "
+        "monitoring, data, chat). Concurrent requests "
         "are decoded together in shared batches. A LoRA run serves its adapter under MODEL_OR_RUN and the base "
         "model under its own name; --adapter adds more adapters, each addressable by name. registry:ALIAS (e.g. "
         "registry:production) serves the version a registry alias names, under the alias, and follows promote and "
@@ -60,6 +62,8 @@ def add_serve_parser(commands) -> None:
                        help="CPU threads for torch (default: one per core; on a busy machine 1 can be much faster)")
     serve.add_argument("--registry", type=Path, metavar="PATH", help="the model registry that registry:ALIAS is "
                        "looked up in (default: $TUNEFORGE_REGISTRY, else ./tuneforge-registry.db)")
+    serve.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_ROOT, metavar="DIR",
+                       help=f"where the dashboard at / looks for run directories (default ./{DEFAULT_RUNS_ROOT})")
     serve.add_argument("--registry-poll", type=float, metavar="SECONDS",
                        help="how often to check which version registry:ALIAS names (default 2)")
 
@@ -106,7 +110,8 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if target and target.follows:
         show_swaps_in_terminal()
-    app = create_app(served, options, target)
+    board = DashboardSettings(runs_root=args.runs_dir, registry=args.registry)
+    app = create_app(served, options, target, dashboard=board)
     console.print(describe(served, options), highlight=False)
     if target:
         console.print(f"registry: {target.name} is {served.version} in {target.registry}"
@@ -121,7 +126,7 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
 def describe(served, options: ServeOptions) -> str:
     url = f"http://{options.host}:{options.port}"
     lines = [f"models: {', '.join(served.names)}",
-             f"OpenAI base URL: {url}/v1    chat page: {url}/    metrics: {url}/metrics"]
+             f"OpenAI base URL: {url}/v1    dashboard: {url}/    metrics: {url}/metrics"]
     if options.api_keys:
         lines.append(f"API keys: {len(options.api_keys)} configured")
     else:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from importlib import resources
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.background import BackgroundTask
 
@@ -111,7 +110,3 @@ async def health(request: Request):
 async def metrics(request: Request) -> Response:
     return Response(state_of(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-
-@router.get("/", response_class=HTMLResponse)
-async def chat_page() -> HTMLResponse:
-    return HTMLResponse(resources.files("tuneforge.serve").joinpath("static/chat.html").read_text())
