@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import replace
 
 from fastapi import FastAPI
@@ -23,6 +24,7 @@ from tuneforge.monitor.requestlog import RequestLog
 from tuneforge.serve.auth import KeyCheck
 from tuneforge.serve.completions import CHAT_PATH, COMPLETIONS_PATH, ServerState
 from tuneforge.serve.errors import ApiError, validation_error
+from tuneforge.serve.extra import ExtraModels
 from tuneforge.serve.live import AliasWatcher, EngineTotals, RegistryTarget, new_engine
 from tuneforge.serve.metrics import ServerMetrics
 from tuneforge.serve.options import ServeOptions
@@ -37,15 +39,21 @@ GUARDED = ("/v1/", DASHBOARD_API + "/")  # paths that need an API key when the s
 
 
 def create_app(served: Served, options: ServeOptions, registry: RegistryTarget | None = None,
+               extra: ExtraModels | None = None, uploads: dict[str, int] | None = None,
+               alongside: Callable[[], AbstractAsyncContextManager] | None = None,
                dashboard: DashboardSettings | None = None) -> FastAPI:
     """`registry`: where `served` came from (`registry:NAME`); an alias is followed across promotions (live.py).
 
+    `extra`: more models served by name (extra.py). `uploads`: POST paths whose bodies are streamed to the route
+    rather than buffered, with their own size limit (the jobs API's file upload). `alongside`: what runs while the
+    server does (the jobs runner, platform/app.py), entered once the engine started and left before it drains.
     `dashboard`: where the web dashboard at `/` finds runs and the registry (default: ./runs and the
     default registry; the request log is always this server's own)."""
     engine = new_engine(served, options)
     engines = EngineTotals(engine)  # /metrics reads through this: the engine changes at each swap
     request_log = RequestLog(options.log_settings()) if options.log_db else None  # None: --no-log
-    state = ServerState(served, engine, options, ServerMetrics(engines, request_log), request_log=request_log)
+    state = ServerState(served, engine, options, ServerMetrics(engines, request_log), request_log=request_log,
+                        extra=extra)
 
     follow = registry if registry and registry.follows else None
 
@@ -55,7 +63,10 @@ def create_app(served: Served, options: ServeOptions, registry: RegistryTarget |
         if request_log:
             request_log.start()
         watcher = AliasWatcher(follow, state, engines, asyncio.get_running_loop()).start() if follow else None
-        yield
+        async with alongside() if alongside else nullcontext():
+            yield
+        if extra is not None:
+            await extra.close(options.request_timeout_s)
         if watcher and not await asyncio.to_thread(watcher.stop, options.request_timeout_s):
             log.warning("shutdown: the registry watcher is still loading or draining; exiting anyway")
         if not await asyncio.to_thread(state.engine.shutdown, options.request_timeout_s):
@@ -68,12 +79,14 @@ def create_app(served: Served, options: ServeOptions, registry: RegistryTarget |
     app.state.server = state
     app.include_router(router)
     board = dashboard or DashboardSettings(registry=registry.registry if registry else None)
-    app.include_router(dashboard_router(replace(board, log_db=options.log_db, model=board.model or served.names[served.default].root)))
+    board = replace(board, log_db=options.log_db, model=board.model or served.names[served.default].root)
+    app.include_router(dashboard_router(board))
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(Exception, internal_error)
-    app.add_middleware(Guard, keys=KeyCheck(options.api_keys), max_body_bytes=options.max_body_bytes)
+    app.add_middleware(Guard, keys=KeyCheck(options.api_keys), max_body_bytes=options.max_body_bytes,
+                       uploads=uploads or {})
     app.add_middleware(Metered, metrics=state.metrics)  # outermost: sees the guard's refusals too
     return app
 
@@ -97,10 +110,13 @@ async def internal_error(request, exc: Exception):
 
 
 class Guard:
-    """Refuses before the body is parsed: 401 without a valid API key on /v1, 413 for an oversized body."""
+    """Refuses before the body is parsed: 401 without a valid API key on /v1, 413 for an oversized body.
 
-    def __init__(self, app, keys: KeyCheck, max_body_bytes: int):
-        self.app, self.keys, self.limit = app, keys, max_body_bytes
+    A body is buffered whole up to the limit, except on an upload path (`uploads`: path -> limit), whose body goes
+    to the route as it arrives, counted: past its limit, reading it raises the 413 (tests/platform/test_files.py)."""
+
+    def __init__(self, app, keys: KeyCheck, max_body_bytes: int, uploads: dict[str, int] | None = None):
+        self.app, self.keys, self.limit, self.uploads = app, keys, max_body_bytes, uploads or {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -109,7 +125,9 @@ class Guard:
         try:
             if scope["path"].startswith(GUARDED):
                 self.keys(headers.get("authorization"))
-            if scope["method"] == "POST":
+            if scope["method"] == "POST" and scope["path"] in self.uploads:
+                receive = counted_body(headers.get("content-length"), receive, self.uploads[scope["path"]])
+            elif scope["method"] == "POST":
                 receive = await self.buffered_body(headers.get("content-length"), receive)
         except ApiError as exc:
             return await exc.response()(scope, receive, send)
@@ -135,6 +153,23 @@ class Guard:
             return messages.pop(0) if messages else await receive()
 
         return replay
+
+
+def counted_body(length: str | None, receive, limit: int):
+    """`receive`, refusing a declared length over `limit` at once and raising the 413 once more arrived than that."""
+    if length and length.isdigit() and int(length) > limit:
+        raise too_large(limit)
+    size = 0
+
+    async def counted():
+        nonlocal size
+        message = await receive()
+        size += len(message.get("body", b""))
+        if size > limit:
+            raise too_large(limit)
+        return message
+
+    return counted
 
 
 def too_large(limit: int) -> ApiError:
