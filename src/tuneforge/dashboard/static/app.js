@@ -17,11 +17,16 @@ function h(tag, attrs = {}, ...children) {
     else if (value === true) node.setAttribute(key, "");
     else if (value !== false && value !== null && value !== undefined) node.setAttribute(key, value);
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
   return node;
+}
+
+// replaceChildren that flattens arrays and leaves out null, as h() does.
+function fill(node, ...children) {
+  node.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false));
 }
 
 function authHeaders(extra = {}) {
@@ -61,7 +66,7 @@ function ago(seconds) {
   return new Date(seconds * 1000).toLocaleDateString();
 }
 function table(node, head, rows) {
-  node.replaceChildren(h("tr", {}, head.map((c) => h("th", { class: c.num ? "num" : "" }, c.label ?? c))), ...rows);
+  fill(node, h("tr", {}, head.map((c) => h("th", { class: c.num ? "num" : "" }, c.label ?? c))), ...rows);
 }
 function repeat(fn, ms) { fn(); timers.push(setInterval(fn, ms)); }
 function stopTimers() { timers.forEach(clearInterval); timers = []; }
@@ -107,7 +112,7 @@ let selectedJob = null;
 async function showJobs() {
   if (!settings.jobs) {
     $("job-form").hidden = true;
-    $("jobs-table").replaceChildren();
+    fill($("jobs-table"), );
     $("jobs-empty").textContent = "This server runs no fine-tuning jobs: start it with `tuneforge serve MODEL --jobs`.";
     return;
   }
@@ -119,7 +124,7 @@ async function showJobs() {
 
 async function fillModels(datalist) {
   const models = (await api("/v1/models")).data;
-  datalist.replaceChildren(...models.map((m) => h("option", { value: m.id })));
+  fill(datalist, ...models.map((m) => h("option", { value: m.id })));
   if (!$("job-model").value && models.length) $("job-model").value = (models.find((m) => !m.parent && !m.id.startsWith("ft:")) || models[0]).id;
 }
 
@@ -194,7 +199,7 @@ async function openJob(id) {
     const live = ["validating_files", "queued", "running", "paused"].includes(job.status);
     const act = (verb) => h("button", { type: "button", class: verb === "cancel" ? "small danger" : "small", id: `job-${verb}`,
       onclick: async () => { try { await api(`/v1/fine_tuning/jobs/${id}/${verb}`, { method: "POST" }); draw(); } catch (e) { notice(e.message); } } }, verb);
-    box.replaceChildren(
+    fill(box, 
       h("h2", {}, job.id, badge(job.status), live ? act("cancel") : null,
         job.status === "running" ? act("pause") : null, job.status === "paused" ? act("resume") : null),
       h("dl", { class: "kv" },
@@ -247,21 +252,21 @@ async function openRun(name) {
   $("run-compare").hidden = true;
   const chart = h("div", {}, lossChart(run.curve, "loss"));
   const gates = run.gates;
-  box.replaceChildren(
+  fill(box, 
     h("h2", {}, run.name, badge(run.status), run.status === "finished"
       ? h("button", { type: "button", class: "small", id: "run-register", onclick: () => registerRun(run.name) }, "Register in the registry") : null),
     h("dl", { class: "kv" }, h("dt", {}, "directory"), h("dd", {}, run.path), h("dt", {}, "model"), h("dd", {}, run.model || "–"),
       h("dt", {}, "method"), h("dd", {}, run.method || "–"), h("dt", {}, "final validation loss"), h("dd", {}, fmt(run.validation_loss, 4)),
       h("dt", {}, "gates"), h("dd", {}, gates ? [badge(gates.passed ? "passed" : "failed"), " ",
         (gates.gates || []).map((g) => g.reason || g.gate).join("; ")] : "none checked")),
-    chart,
+    h("div", { class: "two" }, chart, h("div", {},
     h("h3", {}, "Base model vs fine-tuned"),
     run.table.length ? h("table", { class: "list figures" },
       h("tr", {}, h("th", {}, ""), h("th", { class: "num" }, "base model"), h("th", { class: "num" }, "fine-tuned"), h("th", { class: "num" }, "change")),
       run.table.map((row) => h("tr", {}, h("td", {}, row.label), h("td", { class: "num" }, showScore(row.base)),
                                 h("td", { class: "num" }, showScore(row.tuned)), changeCell(row.change, row.better))))
       : h("p", { class: "muted" }, "No eval/summary.json yet (written when training ends)."),
-    Object.keys(run.evaluations).length ? [h("h3", {}, "Evaluations (tuneforge eval)"), evaluationsTable(run.evaluations)] : null,
+    Object.keys(run.evaluations).length ? [h("h3", {}, "Evaluations (tuneforge eval)"), evaluationsTable(run.evaluations)] : null)),
     h("h3", {}, "Run file"), h("pre", { class: "config" }, JSON.stringify(run.config, null, 2)));
   if (run.status === "training") {
     let next = run.curve.length;
@@ -271,7 +276,7 @@ async function openRun(name) {
       if (update.points.length) { points = points.concat(update.points); next = update.next; chart.replaceChildren(lossChart(points, "loss")); }
     }, POLL_MS * 2);
   }
-  box.scrollIntoView({ behavior: "smooth", block: "start" });
+  box.scrollIntoView({ behavior: "smooth", block: "nearest" });
 }
 
 function evaluationsTable(evaluations) {
@@ -306,7 +311,7 @@ async function compareRuns() {
   const valid = names.map((name, i) => ({ name: name + " (val)", colour: COLOURS[i % COLOURS.length], dots: true, dashed: true,
     points: data.curves[name].filter((p) => p.eval_loss !== undefined).map((p) => [p.step, p.eval_loss]) }));
   const head = h("tr", {}, h("th", {}, ""), h("th", { class: "num" }, "base model"), names.map((n) => h("th", { class: "num" }, n)));
-  box.replaceChildren(
+  fill(box, 
     h("h2", {}, "Side by side: " + names.join(" · ")),
     lineChart([...curves, ...valid], { title: "loss", xLabel: "optimizer step", yLabel: "loss" }),
     h("h3", {}, "Base model vs each fine-tune"),
@@ -329,7 +334,7 @@ async function compareRuns() {
       h("button", { class: "primary" }, "Evaluate")),
     h("div", { id: "compare-evaluations" }));
   repeat(() => showEvaluations(names).catch((e) => notice(e.message)), 4000);
-  box.scrollIntoView({ behavior: "smooth", block: "start" });
+  box.scrollIntoView({ behavior: "smooth", block: "nearest" });
 }
 
 async function startComparison(event, names) {
@@ -342,7 +347,7 @@ async function startComparison(event, names) {
 
 async function showEvaluations(names) {
   const all = (await api(`${API}/compare/evaluations`)).evaluations.filter((e) => e.runs.join("\n") === names.join("\n"));
-  $("compare-evaluations").replaceChildren(...all.slice(0, 3).map((e) => {
+  fill($("compare-evaluations"), ...all.slice(0, 3).map((e) => {
     if (e.status !== "done") return h("div", {}, badge(e.status), ` ${e.data} — started ${ago(e.created)}`, h("pre", { class: "log" }, e.log || ""));
     return h("div", {}, h("p", {}, badge("done", "succeeded"), ` ${e.data} `, e.report
         ? h("a", { href: `${API}/compare/${e.id}/report/index.html`, target: "_blank" }, "full report") : null),
@@ -362,15 +367,15 @@ async function showRegistry() {
   $("registry-path").textContent = reg.path;
   $("registry-empty").textContent = reg.versions.length ? "" : "No versions yet: register a finished run (Runs tab) or finish a job.";
   const byId = Object.fromEntries(reg.versions.map((v) => [v.id, v]));
-  $("registry-aliases").replaceChildren(...settings.aliases.map((alias) => h("div", { class: "alias" },
+  fill($("registry-aliases"), ...settings.aliases.map((alias) => h("div", { class: "alias" },
     badge(alias), h("strong", {}, reg.aliases[alias] || "(none)"),
-    reg.aliases[alias] ? h("span", { class: "muted" }, byId[reg.aliases[alias]]?.gate_outcome === "passed" ? "gates passed" : `gates ${byId[reg.aliases[alias]]?.gate_outcome}`) : null,
+    reg.aliases[alias] ? h("span", { class: "muted" }, { passed: "gates passed", failed: "gates failed", none: "no gates checked" }[byId[reg.aliases[alias]]?.gate_outcome]) : null,
     h("button", { type: "button", class: "small", id: `rollback-${alias}`, disabled: !reg.history.some((e) => e.name === alias),
                   onclick: () => registryAction("rollback", { alias }) }, "Roll back"))));
   // Lineage: each leaf's chain back to its base model, newest first.
   const parents = new Set(reg.versions.map((v) => v.parent).filter(Boolean));
   const leaves = reg.versions.filter((v) => !parents.has(v.id)).reverse();
-  $("lineage").replaceChildren(...leaves.map((leaf) => h("div", { class: "chain" },
+  fill($("lineage"), ...leaves.map((leaf) => h("div", { class: "chain" },
     h("span", { class: "node base" }, shortModel(byId[leaf.lineage[leaf.lineage.length - 1]].base_model)),
     [...leaf.lineage].reverse().map((id) => [h("span", { class: "arrow" }, "→"),
       h("span", { class: "node" + (byId[id].aliases.length ? " live" : ""), title: byId[id].path },
@@ -396,7 +401,7 @@ async function registryAction(action, body) {
     const result = await api(`${API}/registry/${action}`, { json: body });
     box.hidden = false;
     box.className = "message " + (result.ok ? "ok" : "refused");
-    box.replaceChildren(result.message);
+    fill(box, result.message);
     if (!result.ok && action === "promote") {
       box.append(h("div", {}, h("button", { type: "button", class: "small danger", id: "promote-force",
         onclick: () => registryAction("promote", { ...body, force: true }) }, "Promote anyway (force)")));
@@ -421,22 +426,22 @@ async function showMonitoring() {
   const report = await api(`${API}/monitor/report?since=${encodeURIComponent(since)}`);
   $("monitor-db").textContent = report.db || "";
   if (!report.requests) {
-    $("monitor-cards").replaceChildren(h("p", { class: "muted" }, report.note || "No requests logged in this window."));
-    $("monitor-charts").replaceChildren();
-    $("monitor-table").replaceChildren();
+    fill($("monitor-cards"), h("p", { class: "muted" }, report.note || "No requests logged in this window."));
+    fill($("monitor-charts"), );
+    fill($("monitor-table"), );
   } else {
     const o = report.overall;
-    $("monitor-cards").replaceChildren(figure(o.requests.toLocaleString(), "requests"), figure(share(o.error_rate), "errors"),
+    fill($("monitor-cards"), figure(o.requests.toLocaleString(), "requests"), figure(share(o.error_rate), "errors"),
       figure(secs(o.latency_s.p50), "latency p50"), figure(secs(o.latency_s.p90), "latency p90"),
       figure(secs(o.ttft_s.p50), "time to first token p50"), figure(share(o.feedback_rate), "answers rated"),
       figure(share(o.approval), `approval (${o.approved} of ${o.rated})`), figure(o.corrected.toLocaleString(), "corrections"));
     const line = report.timeline;
     const versions = Object.keys(line.requests);
     const totals = line.labels.map((_, i) => versions.reduce((a, v) => a + line.requests[v][i], 0));
-    $("monitor-charts").replaceChildren(
+    fill($("monitor-charts"), 
       barChart(line.labels, versions.map((v) => ({ name: v, values: line.requests[v] })), { title: `requests per ${line.bucket}`, stacked: true, rotate: true, legend: true }),
-      lineChart(["p50", "p90", "p99"].map((p) => ({ name: `latency ${p}`, dots: true, points: line.latency_s[p].map((y, i) => [i, y]) })),
-                { title: `latency per ${line.bucket} (index of ${line.bucket})`, yLabel: "seconds", xLabel: `${line.bucket} (UTC, oldest first)` }),
+      barChart(line.labels, ["p50", "p90", "p99"].map((p) => ({ name: `latency ${p}`, values: line.latency_s[p].map((v) => v ?? 0) })),
+               { title: `latency of answered requests per ${line.bucket} (seconds)`, rotate: true }),
       barChart(line.labels, [{ name: "error rate", colour: "#dc2626", values: line.errors.map((e, i) => totals[i] ? e / totals[i] : 0) }],
                { title: `error rate per ${line.bucket}`, percent: true, rotate: true, minMax: 0.05 }));
     table($("monitor-table"), ["", ...report.columns.map((c) => ({ label: c, num: true }))],
@@ -444,19 +449,19 @@ async function showMonitoring() {
   }
   const { runs } = await api(`${API}/runs`);
   const current = $("drift-run").value;
-  $("drift-run").replaceChildren(...runs.map((r) => new Option(r.name, r.name)));
+  fill($("drift-run"), ...runs.map((r) => new Option(r.name, r.name)));
   if (current) $("drift-run").value = current;
 }
 
 async function checkDrift() {
   const run = $("drift-run").value;
   const out = $("drift-result");
-  out.replaceChildren(h("p", { class: "muted" }, "measuring ..."));
+  fill(out, h("p", { class: "muted" }, "measuring ..."));
   try {
     const since = $("monitor-since").value;
     const result = await api(`${API}/monitor/drift?run=${encodeURIComponent(run)}&since=${encodeURIComponent(since)}`);
-    if (!result.signals.length) { out.replaceChildren(h("p", { class: "muted" }, result.note || "nothing measured")); return; }
-    out.replaceChildren(
+    if (!result.signals.length) { fill(out, h("p", { class: "muted" }, result.note || "nothing measured")); return; }
+    fill(out, 
       h("p", {}, badge(result.drifted ? "drift" : "no drift", result.drifted ? "flagged" : "passed"),
         ` ${result.production_prompts} production prompts against ${result.training_prompts} training prompts (${result.training_data.join(", ")})`),
       h("table", { class: "list" }, h("tr", {}, h("th", {}, "signal"), h("th", {}, "measure"), h("th", { class: "num" }, "raw"),
@@ -466,7 +471,7 @@ async function checkDrift() {
           h("td", {}, gauge(Math.max(0, s.score), s.threshold, Math.max(0.5, s.threshold * 2.5, s.score * 1.2), s.flagged)),
           h("td", {}, s.flagged ? badge("flagged") : badge("ok", "passed"))))),
       Object.keys(result.skipped).length ? h("p", { class: "muted" }, Object.entries(result.skipped).map(([k, v]) => `${k}: ${v}`).join("; ")) : null);
-  } catch (error) { out.replaceChildren(h("p", { class: "worse" }, error.message)); }
+  } catch (error) { fill(out, h("p", { class: "worse" }, error.message)); }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -480,12 +485,12 @@ async function inspectFile(event) {
   event.preventDefault();
   const file = $("inspect-file").files[0];
   const out = $("inspect-result");
-  out.replaceChildren(h("p", { class: "muted" }, `reading ${file.name} ...`));
+  fill(out, h("p", { class: "muted" }, `reading ${file.name} ...`));
   try {
     const query = new URLSearchParams({ filename: file.name, model: $("inspect-model").value, max_seq_length: $("inspect-max").value });
     const r = await api(`${API}/inspect?${query}`, { method: "POST", body: file, headers: { "Content-Type": "application/octet-stream" } });
     const pairs = (o) => Object.entries(o).map(([k, v]) => `${k} ${v.toLocaleString()}`).join(", ") || "–";
-    out.replaceChildren(
+    fill(out, 
       h("div", { class: "cards" }, figure(r.records.toLocaleString(), "valid records"), figure(r.problem_count.toLocaleString(), "records with problems"),
         figure(r.format, "format"), figure(r.duplicates.toLocaleString(), "exact duplicates"), figure(r.too_long.toLocaleString(), `longer than ${r.max_seq_length} tokens`),
         figure(Object.values(r.pii).reduce((a, b) => a + b, 0).toLocaleString(), "PII found")),
@@ -499,7 +504,7 @@ async function inspectFile(event) {
       r.problems.length ? [h("h3", {}, `Problems (${r.problem_count})`), h("table", { class: "list", id: "inspect-problems" },
         h("tr", {}, h("th", {}, "where"), h("th", {}, "why")), r.problems.map((p) => h("tr", {}, h("td", {}, p.where), h("td", {}, p.why))))]
         : h("p", { class: "better" }, "No problems: every record would be trained on."));
-  } catch (error) { out.replaceChildren(h("p", { class: "worse" }, error.message)); }
+  } catch (error) { fill(out, h("p", { class: "worse" }, error.message)); }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -522,7 +527,7 @@ async function showChat() {
   const models = (await api("/v1/models")).data;
   const chosen = $("chat-model").value && models.some((m) => m.id === $("chat-model").value) && !preferredModel ? $("chat-model").value : pickModel(models, preferredModel);
   preferredModel = null;
-  $("chat-model").replaceChildren(...models.map((m) => new Option(m.parent ? `${m.id} (adapter)` : m.id, m.id)));
+  fill($("chat-model"), ...models.map((m) => new Option(m.parent ? `${m.id} (adapter)` : m.id, m.id)));
   $("chat-model").value = chosen;
   $("chat-input").focus();
 }
@@ -544,8 +549,8 @@ async function sendFeedback(requestId, rating, correction, status) {
 
 function feedbackControls(requestId, meta) {
   const status = h("span", {});
-  const up = h("button", { type: "button", class: "rate", title: "a good answer", "data-rating": "1" }, "👍");
-  const down = h("button", { type: "button", class: "rate", title: "a bad answer", "data-rating": "-1" }, "👎");
+  const up = h("button", { type: "button", class: "rate", title: "a good answer", "data-rating": "1" }, "▲ good");
+  const down = h("button", { type: "button", class: "rate", title: "a bad answer", "data-rating": "-1" }, "▼ bad");
   const fix = h("button", { type: "button", class: "rate", title: "type the answer that would have been right" }, "✎ correct");
   const rate = (button, rating) => { up.classList.toggle("chosen", button === up); down.classList.toggle("chosen", button === down);
                                      sendFeedback(requestId, rating, null, status); };
@@ -643,7 +648,7 @@ async function start() {
   $("chat-input").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); $("chat-form").requestSubmit(); }
   });
-  $("chat-reset").addEventListener("click", () => { history = []; $("chat-log").replaceChildren(); });
+  $("chat-reset").addEventListener("click", () => { history = []; fill($("chat-log"), ); });
   await init();
 }
 

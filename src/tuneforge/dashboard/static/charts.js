@@ -12,11 +12,11 @@ function el(name, attrs = {}, text) {
 }
 
 // Round tick positions covering [lo, hi]: steps of 1, 2 or 5 times a power of ten.
-export function ticks(lo, hi, count = 5) {
+export function ticks(lo, hi, count = 5, integer = false) {
   if (!(hi > lo)) { const pad = Math.abs(lo) * 0.1 || 1; lo -= pad; hi += pad; }
   const raw = (hi - lo) / count;
   const power = Math.pow(10, Math.floor(Math.log10(raw)));
-  const step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw);
+  const step = Math.max(integer ? 1 : 0, [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw));
   const out = [];
   for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(+v.toPrecision(12));
   return { ticks: out, lo: Math.min(lo, out[0]), hi: Math.max(hi, out[out.length - 1]) };
@@ -31,7 +31,10 @@ export function fmt(value, digits = 3) {
 
 function frame(width, height, title) {
   const svg = el("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img" });
-  if (title) svg.appendChild(el("title", {}, title));
+  if (title) {
+    svg.appendChild(el("title", {}, title));
+    svg.appendChild(el("text", { x: width - 16, y: 16, class: "chart-title", "text-anchor": "end" }, title));
+  }
   return svg;
 }
 
@@ -58,7 +61,8 @@ export function lineChart(series, options = {}) {
                        options.empty || "no points yet"));
     return svg;
   }
-  const xs = ticks(Math.min(...points.map((p) => p[0])), Math.max(...points.map((p) => p[0])), 6);
+  const integer = points.every((p) => Number.isInteger(p[0]));  // steps: no tick at 0.5
+  const xs = ticks(Math.min(...points.map((p) => p[0])), Math.max(...points.map((p) => p[0])), 6, integer);
   const ys = ticks(Math.min(...points.map((p) => p[1])), Math.max(...points.map((p) => p[1])), 5);
   const X = (x) => pad.left + (x - xs.lo) / (xs.hi - xs.lo) * (width - pad.left - pad.right);
   const Y = (y) => height - pad.bottom - (y - ys.lo) / (ys.hi - ys.lo) * (height - pad.top - pad.bottom);
