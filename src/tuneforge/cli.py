@@ -34,6 +34,7 @@ examples:
   tuneforge train configs/pretrain-quickstart.yaml
   tuneforge models register runs/quickstart --promote production
   tuneforge serve registry:production
+  tuneforge platform embedded:smollm2-135m-instruct --api-key KEY
   tuneforge monitor report --since 7d --out reports/monitor
   tuneforge monitor drift --config runs/quickstart --since 24h
   tuneforge curate --out data/curated.jsonl --train examples/identity/train.jsonl
@@ -134,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tuneforge.serve.commands import add_serve_parser
 
     add_serve_parser(commands)
+    from tuneforge.platform.commands import add_platform_parser
+
+    add_platform_parser(commands)
     from tuneforge.classify.predict import add_predict_parser
 
     add_predict_parser(commands)
@@ -215,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
                 from tuneforge.serve.commands import run_serve
 
                 return run_serve(args, console)
+            case "platform":
+                from tuneforge.platform.commands import run_platform
+
+                return run_platform(args, console)
             case "retrain":
                 from tuneforge.registry.retrain import run_retrain
 

@@ -72,11 +72,21 @@ def page(name: str) -> str:
     return resources.files("tuneforge.dashboard").joinpath(f"static/{name}").read_text(encoding="utf-8")
 
 
-def dashboard_router(settings: DashboardSettings, job_roots: tuple[Path, ...] = ()) -> APIRouter:
-    """The router serve/app.py includes; `job_roots`: where the jobs API keeps its runs, listed beside the runs root."""
+def job_runs(app) -> tuple[Path, ...]:
+    """Where the jobs API (platform/app.py) keeps one run directory per job, when this server runs jobs.
+
+    Read from the app at request time (`app.state.platform.service.runs`), because the platform adds
+    itself to serve's app after the dashboard is mounted; tests/dashboard/test_jobs_browser.py pins it."""
+    platform = getattr(app.state, "platform", None)
+    folder = getattr(getattr(platform, "service", None), "runs", None)
+    return (Path(folder),) if folder else ()
+
+
+def dashboard_router(settings: DashboardSettings) -> APIRouter:
+    """The router serve/app.py includes: the page, its files and the JSON API over `settings`."""
     router = APIRouter()
-    index = runs.RunIndex((Path(settings.runs_root), *job_roots))
     registry_file = registry_path(settings.registry)
+    index_of = lambda request: runs.RunIndex((Path(settings.runs_root), *job_runs(request.app)))  # noqa: E731
 
     @router.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def dashboard_page() -> HTMLResponse:
@@ -96,33 +106,38 @@ def dashboard_router(settings: DashboardSettings, job_roots: tuple[Path, ...] = 
                 "aliases": list(ALIASES), "jobs": "/v1/fine_tuning/jobs" in paths, "files": "/v1/files" in paths}
 
     @router.get(f"{API}/runs")
-    def list_runs():
+    def list_runs(request: Request):
         return answered(lambda: {"root": str(settings.runs_root),
-                                 "runs": [runs.summary(name, path) for name, path in index.names()]})
+                                 "runs": [runs.summary(name, path) for name, path in index_of(request).names()]})
 
     @router.get(f"{API}/run")
-    def run_detail(run: str):
-        return answered(lambda: runs.detail(run, index.find(run)))
+    def run_detail(run: str, request: Request):
+        return answered(lambda: runs.detail(run, index_of(request).find(run)))
 
     @router.get(f"{API}/run/curve")
-    def run_curve(run: str, start: int = 0):
-        return answered(lambda: {**runs.curve(index.find(run), max(0, start)), "status": runs.status(index.find(run))})
+    def run_curve(run: str, request: Request, start: int = 0):
+        def read():
+            run_dir = index_of(request).find(run)
+            return {**runs.curve(run_dir, max(0, start)), "status": runs.status(run_dir)}
+
+        return answered(read)
 
     @router.get(f"{API}/compare")
-    def compare_stored(run: list[str] = Query(default=[])):
-        return answered(lambda: compare.stored(index, run))
+    def compare_stored(request: Request, run: list[str] = Query(default=[])):
+        return answered(lambda: compare.stored(index_of(request), run))
 
     @router.post(f"{API}/compare")
-    def compare_start(body: Comparison):
-        return answered(lambda: compare.start_evaluation(index, body.runs, body.data, body.limit, body.max_new_tokens))
+    def compare_start(body: Comparison, request: Request):
+        return answered(lambda: compare.start_evaluation(index_of(request), body.runs, body.data, body.limit,
+                                                         body.max_new_tokens))
 
     @router.get(f"{API}/compare/evaluations")
-    def compare_list():
-        return answered(lambda: {"evaluations": compare.evaluations(index)})
+    def compare_list(request: Request):
+        return answered(lambda: {"evaluations": compare.evaluations(index_of(request))})
 
     @router.get(f"{API}/compare/{{comparison}}/report/{{name}}", include_in_schema=False)
     def compare_report(comparison: str, name: str):
-        folder = (index.roots[0] / compare.COMPARE_DIR / comparison / "report").resolve()
+        folder = (Path(settings.runs_root) / compare.COMPARE_DIR / comparison / "report").resolve()
         path = (folder / name).resolve()
         if path.parent != folder or path.suffix not in REPORT_FILES or not path.is_file():
             return error(404, f"no report file {name!r} for comparison {comparison!r}", "not_found")
@@ -141,16 +156,18 @@ def dashboard_router(settings: DashboardSettings, job_roots: tuple[Path, ...] = 
         return answered(lambda: registry_view.rollback_alias(registry_file, body.alias))
 
     @router.post(f"{API}/registry/register")
-    def registry_register(body: Registration):
-        return answered(lambda: registry_view.register(registry_file, index.find(body.run), body.parent, body.note))
+    def registry_register(body: Registration, request: Request):
+        return answered(lambda: registry_view.register(registry_file, index_of(request).find(body.run), body.parent,
+                                                       body.note))
 
     @router.get(f"{API}/monitor/report")
     def monitor_report(since: str | None = None, until: str | None = None):
         return answered(lambda: monitoring.report(settings.log_db, since, until))
 
     @router.get(f"{API}/monitor/drift")
-    def monitor_drift(run: str | None = None, data: str | None = None, since: str | None = None):
-        return answered(lambda: monitoring.drift_check(settings.log_db, index.find(run) if run else None, data, since))
+    def monitor_drift(request: Request, run: str | None = None, data: str | None = None, since: str | None = None):
+        return answered(lambda: monitoring.drift_check(settings.log_db, index_of(request).find(run) if run else None,
+                                                       data, since))
 
     @router.post(f"{API}/inspect")
     async def inspect(request: Request, filename: str = "upload.jsonl", model: str | None = None,

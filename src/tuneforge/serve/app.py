@@ -47,8 +47,8 @@ def create_app(served: Served, options: ServeOptions, registry: RegistryTarget |
     `extra`: more models served by name (extra.py). `uploads`: POST paths whose bodies are streamed to the route
     rather than buffered, with their own size limit (the jobs API's file upload). `alongside`: what runs while the
     server does (the jobs runner, platform/app.py), entered once the engine started and left before it drains.
-    `dashboard`: where the web dashboard at `/` finds runs and the registry (default: ./runs and the
-    default registry; the request log is always this server's own)."""
+    `dashboard`: where the web dashboard at `/` finds runs and the registry (default: the options' runs_dir
+    and registry_db; the request log is always this server's own)."""
     engine = new_engine(served, options)
     engines = EngineTotals(engine)  # /metrics reads through this: the engine changes at each swap
     request_log = RequestLog(options.log_settings()) if options.log_db else None  # None: --no-log
@@ -78,7 +78,8 @@ def create_app(served: Served, options: ServeOptions, registry: RegistryTarget |
                   docs_url="/docs", redoc_url=None)
     app.state.server = state
     app.include_router(router)
-    board = dashboard or DashboardSettings(registry=registry.registry if registry else None)
+    board = dashboard or DashboardSettings(options.runs_dir,
+                                           options.registry_db or (registry.registry if registry else None))
     board = replace(board, log_db=options.log_db, model=board.model or served.names[served.default].root)
     app.include_router(dashboard_router(board))
     app.add_exception_handler(ApiError, api_error)

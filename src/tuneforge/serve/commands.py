@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from tuneforge.dashboard.settings import DEFAULT_RUNS_ROOT, DashboardSettings
+from tuneforge.dashboard.settings import DEFAULT_RUNS_ROOT
 from tuneforge.errors import ConfigError
 from tuneforge.monitor.requestlog import DEFAULT_LOG_DB
 from tuneforge.serve.options import API_KEYS_ENV, ServeOptions, api_keys_from
@@ -26,6 +26,11 @@ def add_serve_parser(commands) -> None:
         "model under its own name; --adapter adds more adapters, each addressable by name. registry:ALIAS (e.g. "
         "registry:production) serves the version a registry alias names, under the alias, and follows promote and "
         "rollback without a restart. Ctrl-C or SIGTERM finishes the requests in flight, then exits.")
+    add_serve_arguments(serve)
+
+
+def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
+    """MODEL_OR_RUN and every serving option (also `tuneforge platform`'s, platform/commands.py)."""
     serve.add_argument("model", metavar="MODEL_OR_RUN")
     serve.add_argument("--adapter", dest="adapters", action="append", default=[], metavar="NAME=PATH",
                        help="also serve a LoRA adapter (a run dir, checkpoint or adapter dir) as model NAME (repeatable)")
@@ -77,18 +82,29 @@ def options_from(args: argparse.Namespace) -> ServeOptions:
             max_batch_size=args.max_batch_size, batching=args.batching,
             log_db=None if args.no_log else Path(args.log_db), log_retention_days=args.log_retention_days,
             log_max_rows=args.log_max_rows, log_redact_pii=args.log_redact_pii,
+            runs_dir=args.runs_dir, registry_db=args.registry,
         )
     except ValueError as exc:
         raise ConfigError(f"tuneforge serve: {exc}") from exc
 
 
 def run_serve(args: argparse.Namespace, console: Console) -> int:
-    import uvicorn
-
     from tuneforge.serve.app import create_app
-    from tuneforge.serve.served import load_served, parse_adapter_flag
 
     options = options_from(args)
+    loaded = load_for_serving(args, options, console)
+    if isinstance(loaded, int):  # a classifier, served by its own app until it exits
+        return loaded
+    served, target = loaded
+    app = create_app(served, options, target)
+    announce(served, options, target, console)
+    return run_app(app, options)
+
+
+def load_for_serving(args: argparse.Namespace, options: ServeOptions, console: Console):
+    """(served, its registry target or None) as the flags say; a classifier is served here and its exit code returned."""
+    from tuneforge.serve.served import load_served, parse_adapter_flag
+
     adapters = [parse_adapter_flag(flag) for flag in args.adapters]
     if args.threads is not None:
         if args.threads < 1:
@@ -110,13 +126,20 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if target and target.follows:
         show_swaps_in_terminal()
-    board = DashboardSettings(runs_root=args.runs_dir, registry=args.registry)
-    app = create_app(served, options, target, dashboard=board)
+    return served, target
+
+
+def announce(served, options: ServeOptions, target, console: Console) -> None:
     console.print(describe(served, options), highlight=False)
     if target:
         console.print(f"registry: {target.name} is {served.version} in {target.registry}"
                       + (f"; following it (checked every {target.poll_s:g} s)" if target.follows else ""),
                       highlight=False)
+
+
+def run_app(app, options: ServeOptions) -> int:
+    import uvicorn
+
     config = uvicorn.Config(app, host=options.host, port=options.port, log_level="info",
                             timeout_graceful_shutdown=int(options.request_timeout_s) + 5)
     uvicorn.Server(config).run()

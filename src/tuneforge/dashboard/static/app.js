@@ -178,7 +178,8 @@ async function createJob(event) {
 
 // The curve of a job: its run's metrics.jsonl when the dashboard can see the run, else the metrics events.
 async function jobCurve(job, events) {
-  const run = job.run || job.run_dir || (job.metadata && job.metadata.run);
+  const runDir = job.tuneforge && job.tuneforge.run_dir;  // the jobs API keeps one run directory per job
+  const run = runDir ? runDir.split("/").filter(Boolean).pop() : null;
   if (run) {
     try { return (await api(`${API}/run/curve?run=${encodeURIComponent(run)}`)).points; } catch (e) { /* not under a root */ }
   }
