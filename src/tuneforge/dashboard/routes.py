@@ -100,10 +100,10 @@ def dashboard_router(settings: DashboardSettings) -> APIRouter:
 
     @router.get(f"{API}/settings")
     def dashboard_settings(request: Request) -> dict:
-        paths = {getattr(route, "path", "") for route in request.app.routes}
+        jobs = getattr(request.app.state, "platform", None) is not None  # the jobs API is mounted (platform/app.py)
         return {"runs_root": str(settings.runs_root), "registry": str(registry_file),
                 "log_db": str(settings.log_db) if settings.log_db else None, "model": settings.model,
-                "aliases": list(ALIASES), "jobs": "/v1/fine_tuning/jobs" in paths, "files": "/v1/files" in paths}
+                "aliases": list(ALIASES), "jobs": jobs}
 
     @router.get(f"{API}/runs")
     def list_runs(request: Request):

@@ -3,7 +3,8 @@ import { barChart, COLOURS, fmt, gauge, lineChart } from "/dashboard/static/char
 
 const $ = (id) => document.getElementById(id);
 const API = "/dashboard/api";
-const POLL_MS = 1500;
+// How often live views poll; ?poll=MS in the address changes it (the browser tests poll fast).
+const POLL_MS = Number(new URLSearchParams(location.search).get("poll")) || 1500;
 let settings = {};
 let timers = [];
 
@@ -118,7 +119,7 @@ async function showJobs() {
   }
   $("job-form").hidden = false;
   await fillModels($("job-models"));
-  repeat(() => listJobs().catch((e) => notice(e.message)), 3000);
+  repeat(() => listJobs().catch((e) => notice(e.message)), Math.max(POLL_MS * 2, 1000));
   if (selectedJob) openJob(selectedJob);
 }
 
@@ -153,6 +154,11 @@ async function createJob(event) {
   const status = $("job-form-status");
   $("job-create").disabled = true;
   try {
+    let extension = null;  // checked before anything is uploaded
+    if ($("job-tuneforge").value.trim()) {
+      try { extension = JSON.parse($("job-tuneforge").value); }
+      catch (error) { throw new Error("tuneforge run-file settings: not JSON (" + error.message + ")"); }
+    }
     status.textContent = "uploading " + $("job-train").files[0].name + " ...";
     const training = await uploadFile($("job-train").files[0]);
     const validation = $("job-valid").files[0] ? await uploadFile($("job-valid").files[0]) : null;
@@ -163,6 +169,7 @@ async function createJob(event) {
                    method: { type: method, [method]: { hyperparameters } } };
     if (validation) body.validation_file = validation.id;
     if ($("job-suffix").value.trim()) body.suffix = $("job-suffix").value.trim();
+    if (extension) body.tuneforge = extension;
     status.textContent = "creating the job ...";
     const job = await api("/v1/fine_tuning/jobs", { json: body });
     status.textContent = `created ${job.id}`;
@@ -215,7 +222,7 @@ async function openJob(id) {
     if (job.status === "succeeded" && job.fine_tuned_model) {
       box.append(h("p", {}, h("a", { href: "#chat", onclick: () => { preferredModel = job.fine_tuned_model; } }, `Chat with ${job.fine_tuned_model} →`)));
     }
-    if (!live) clearInterval(timer);
+    if (!live) { clearInterval(timer); listJobs().catch((e) => notice(e.message)); }
   };
   const timer = setInterval(() => draw().catch((e) => notice(e.message)), POLL_MS);
   timers.push(timer);
