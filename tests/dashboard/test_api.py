@@ -125,3 +125,23 @@ def test_inspect_an_uploaded_file_names_the_bad_line(board, tiny_model):
     assert result["problem_count"] == 1 and result["problems"][0]["where"].startswith("mine.jsonl:3")
     empty = http(urllib.request.Request(f"{board.url}/dashboard/api/inspect", data=b"", method="POST"), 30)
     assert empty.status_code == 400 and "empty" in empty.json()["error"]["message"]
+
+
+def test_compare_evaluation_runs_tuneforge_compare_in_its_own_process(board, workspace):
+    started = post(board, "/dashboard/api/compare", {"runs": ["alpha", "beta"], "data": str(workspace.validation),
+                                                     "limit": 2, "max_new_tokens": 4})
+    assert started.status_code == 200 and started.json()["status"] == "running"
+    deadline = time.monotonic() + 240
+    while (found := get(board, "/dashboard/api/compare/evaluations").json()["evaluations"][0])["status"] == "running":
+        assert time.monotonic() < deadline, found
+        time.sleep(0.5)
+    assert found["status"] == "done", found.get("log")
+    assert found["models"] == ["alpha", "beta"] and found["runs"] == ["alpha", "beta"]
+    metrics = {row["metric"]: row for row in found["rows"]}
+    assert "loss" in metrics and metrics["loss"]["directions"][0] == ""  # the first model is the reference
+    assert found["report"]
+    report = get(board, f"/dashboard/api/compare/{found['id']}/report/index.html")
+    assert report.status_code == 200 and "<img" in report.text
+    assert get(board, f"/dashboard/api/compare/{found['id']}/report/..%2Fsummary.json").status_code == 404
+    missing = post(board, "/dashboard/api/compare", {"runs": ["alpha", "beta"], "data": "/no/such.jsonl"})
+    assert missing.status_code == 400 and "/no/such.jsonl" in missing.json()["error"]["message"]

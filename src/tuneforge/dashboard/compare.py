@@ -110,9 +110,9 @@ def evaluations(index: RunIndex) -> list[dict]:
 def evaluation(out: Path) -> dict:
     request = json.loads((out / "request.json").read_text())
     result = {"id": out.name, "runs": request["runs"], "data": request["data"], "created": request["created"]}
-    if not (out / "summary.json").is_file():
+    ended = (out / EXIT_FILE).is_file() or (out / "report" / "index.html").is_file()  # the report comes last
+    if not ended or not (out / "summary.json").is_file():
         log = (out / "log.txt").read_text(errors="replace") if (out / "log.txt").is_file() else ""
-        ended = (out / EXIT_FILE).is_file()
         return {**result, "status": "failed" if ended else "running", "log": log[-2000:]}
     summary = json.loads((out / "summary.json").read_text())
     models = summary["models"]
