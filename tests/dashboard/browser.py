@@ -61,6 +61,11 @@ def shots(tmp_path):
         tab.evaluate("window.scrollTo(0, 0)")
         tab.wait_for_timeout(400)  # let a smooth scroll settle
         tab.screenshot(path=str(path), full_page=False)
+        if os.environ.get(SCREENSHOTS_ENV):  # committed images: a 128-colour palette keeps them small
+            from PIL import Image
+
+            with Image.open(path) as image:
+                image.convert("RGB").quantize(colors=128, dither=Image.Dither.NONE).save(path, optimize=True)
         return path
 
     return take

@@ -1,6 +1,6 @@
 """Dashboard fixtures: a workspace of two finished tiny runs, a registry and a request log, served in-process.
 
-The runs are the conftest's random 2-layer Llama trained for 3 steps through the CLI (a few
+The runs are the conftest's random 2-layer Llama trained for 12 steps through the CLI (a few
 seconds each); the server is the real app (serve/app.py) with the dashboard mounted at `/`.
 """
 
@@ -18,7 +18,8 @@ import yaml
 from tests.conftest import apply_overrides, chat_records, write_jsonl
 from tests.serve.conftest import Live, free_port, server_thread
 
-QUICK = {"train.max_steps": 3, "eval.general_check": False, "eval.max_new_tokens": 8, "checkpoint.every_steps": 100}
+QUICK = {"train.max_steps": 12, "eval.every_steps": 4, "eval.general_check": False, "eval.max_new_tokens": 8,
+         "checkpoint.every_steps": 100}
 
 
 @dataclass

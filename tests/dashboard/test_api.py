@@ -36,10 +36,11 @@ def test_runs_list_detail_and_curve(board, workspace):
     assert listed["root"] == str(workspace.runs)
     runs = {run["name"]: run for run in listed["runs"]}
     assert set(runs) == {"alpha", "beta"}
-    assert runs["alpha"]["status"] == "finished" and runs["alpha"]["step"] == 3 and runs["alpha"]["method"] == "lora"
+    assert runs["alpha"]["status"] == "finished" and runs["alpha"]["step"] == 12 and runs["alpha"]["method"] == "lora"
     detail = get(board, "/dashboard/api/run?run=alpha").json()
     steps = [point["step"] for point in detail["curve"] if "train_loss" in point]
-    assert steps == [1, 2, 3]
+    assert steps == list(range(1, 13))
+    assert [point["step"] for point in detail["curve"] if "eval_loss" in point] == [0, 4, 8, 12]
     assert [row["label"] for row in detail["table"]] == ["validation loss"]
     row = detail["table"][0]
     assert row["change"] == row["tuned"] - row["base"] and row["better"] == (row["change"] < 0)
@@ -47,8 +48,8 @@ def test_runs_list_detail_and_curve(board, workspace):
     beta = get(board, "/dashboard/api/run?run=beta").json()
     assert beta["gates"]["passed"] is False
     whole = get(board, "/dashboard/api/run/curve?run=alpha").json()
-    tail = get(board, "/dashboard/api/run/curve?run=alpha&start=2").json()
-    assert tail["points"] == whole["points"][2:] and tail["next"] == whole["next"] == len(whole["points"])
+    tail = get(board, "/dashboard/api/run/curve?run=alpha&start=5").json()
+    assert tail["points"] == whole["points"][5:] and tail["next"] == whole["next"] == len(whole["points"])
 
 
 def test_unknown_runs_and_paths_outside_the_root_are_refused(board):
