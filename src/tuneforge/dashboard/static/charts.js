@@ -33,7 +33,7 @@ function frame(width, height, title) {
   const svg = el("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img" });
   if (title) {
     svg.appendChild(el("title", {}, title));
-    svg.appendChild(el("text", { x: width - 16, y: 16, class: "chart-title", "text-anchor": "end" }, title));
+    svg.appendChild(el("text", { x: 8, y: 16, class: "chart-title" }, title));
   }
   return svg;
 }
@@ -53,7 +53,7 @@ function legend(svg, items, x, y) {
 // series: [{name, points: [[x, y], ...], colour?, dots?, dashed?}]; options: {title, xLabel, yLabel, height, logY}
 export function lineChart(series, options = {}) {
   const width = options.width || 720, height = options.height || 280;
-  const pad = { left: 56, right: 16, top: 30, bottom: 40 };
+  const pad = { left: 56, right: 16, top: options.title ? 50 : 30, bottom: 40 };
   const svg = frame(width, height, options.title);
   const points = series.flatMap((s) => s.points).filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
   if (!points.length) {
@@ -94,14 +94,14 @@ export function lineChart(series, options = {}) {
     svg.appendChild(el("text", { x: Math.min(X(lx) + 5, width - pad.right - 2), y: Y(ly) - 6, class: "end-label",
                                  fill: colour, "text-anchor": X(lx) > width - 80 ? "end" : "start" }, fmt(ly, 4)));
   });
-  legend(svg, series.map((s, i) => ({ name: s.name, colour: s.colour || COLOURS[i % COLOURS.length] })), pad.left, 16);
+  legend(svg, series.map((s, i) => ({ name: s.name, colour: s.colour || COLOURS[i % COLOURS.length] })), pad.left, pad.top - 12);
   return svg;
 }
 
 // Bars, one group per label; series: [{name, values, colour?}] (stacked when options.stacked).
 export function barChart(labels, series, options = {}) {
   const width = options.width || 720, height = options.height || 240;
-  const pad = { left: 56, right: 16, top: 30, bottom: options.rotate ? 64 : 40 };
+  const pad = { left: 56, right: 16, top: options.title ? 50 : 30, bottom: options.rotate ? 64 : 40 };
   const svg = frame(width, height, options.title);
   if (!labels.length) {
     svg.appendChild(el("text", { x: width / 2, y: height / 2, class: "empty", "text-anchor": "middle" }, options.empty || "nothing to show"));
@@ -142,7 +142,7 @@ export function barChart(labels, series, options = {}) {
     }
   });
   svg.appendChild(el("line", { x1: pad.left, x2: width - pad.right, y1: height - pad.bottom, y2: height - pad.bottom, class: "axis" }));
-  if (series.length > 1 || options.legend) legend(svg, series.map((s, i) => ({ name: s.name, colour: s.colour || COLOURS[i % COLOURS.length] })), pad.left, 16);
+  if (series.length > 1 || options.legend) legend(svg, series.map((s, i) => ({ name: s.name, colour: s.colour || COLOURS[i % COLOURS.length] })), pad.left, pad.top - 12);
   return svg;
 }
 
