@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 
+import openai
 import pytest
 
 from tests.platform.conftest import TINY_HYPERPARAMETERS, TINY_RUN, platform_server, wait_for
@@ -12,8 +13,8 @@ from tests.platform.conftest import TINY_HYPERPARAMETERS, TINY_RUN, platform_ser
 
 def test_openai_client_from_upload_to_chatting_with_the_fine_tune(tiny_served, tmp_path, training_jsonl,
                                                                   validation_jsonl):
-    with platform_server(tiny_served, tmp_path / "platform") as platform:
-        client = platform.client()
+    with platform_server(tiny_served, tmp_path / "platform", api_keys=("key-a", "key-b")) as platform:
+        client = platform.client("key-a")
         uploaded = client.files.create(file=training_jsonl.open("rb"), purpose="fine-tune")
         assert uploaded.filename == "train.jsonl" and uploaded.bytes == training_jsonl.stat().st_size
         held_out = client.files.create(file=validation_jsonl.open("rb"), purpose="fine-tune")
@@ -49,3 +50,12 @@ def test_openai_client_from_upload_to_chatting_with_the_fine_tune(tiny_served, t
                                                 messages=[{"role": "user", "content": "What is 3 plus 3?"}])
         assert answer.model == done.fine_tuned_model and answer.choices[0].message.content
         assert [j.id for j in client.fine_tuning.jobs.list()] == [job.id]
+
+        other = platform.client("key-b")  # another key sees neither the job nor its model
+        assert done.fine_tuned_model not in {m.id for m in other.models.list()}
+        assert tiny_served.default in {m.id for m in other.models.list()}
+        with pytest.raises(openai.NotFoundError):
+            other.chat.completions.create(model=done.fine_tuned_model, max_tokens=4,
+                                          messages=[{"role": "user", "content": "hi"}])
+        with pytest.raises(openai.NotFoundError):
+            other.files.content(done.result_files[0])
