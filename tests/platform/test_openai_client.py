@@ -45,6 +45,12 @@ def test_openai_client_from_upload_to_chatting_with_the_fine_tune(tiny_served, t
         assert [int(r["step"]) for r in rows] == list(range(0, done.tuneforge["total_steps"] + 1))
         assert float(rows[-1]["train_loss"]) < float(rows[1]["train_loss"])
 
+        from tuneforge.registry.store import list_versions, open_registry
+
+        versions = list_versions(open_registry(platform.root / "registry.db", create=False))
+        assert [v.id for v in versions] == [done.tuneforge["registry_version"]] == ["v1"]
+        assert job.id in versions[0].note and versions[0].path == done.tuneforge["run_dir"]
+
         assert done.fine_tuned_model in {m.id for m in client.models.list()}
         answer = client.chat.completions.create(model=done.fine_tuned_model, max_tokens=8,
                                                 messages=[{"role": "user", "content": "What is 3 plus 3?"}])

@@ -102,3 +102,28 @@ def test_each_key_sees_only_its_own_files_and_jobs(keyed, tiny_served, training_
     assert mine.files.retrieve(uploaded.id).id == uploaded.id
     with pytest.raises(openai.AuthenticationError):
         keyed.client("key-c").files.list()
+
+
+def test_a_chunked_upload_without_a_length_is_cut_off_at_the_limit(keyed):
+    """No Content-Length to check first: the Guard counts the bytes as the route reads them."""
+    import http.client
+    from urllib.parse import urlparse
+
+    boundary = "tuneforgeboundary"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n--{boundary}\r\n'
+            f'Content-Disposition: form-data; name="file"; filename="big.jsonl"\r\n'
+            'Content-Type: application/octet-stream\r\n\r\n').encode() + b"x" * 10000 + f"\r\n--{boundary}--\r\n".encode()
+    url = urlparse(keyed.url)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    connection.putrequest("POST", "/v1/files")
+    connection.putheader("Authorization", "Bearer key-a")
+    connection.putheader("Content-Type", f"multipart/form-data; boundary={boundary}")
+    connection.putheader("Transfer-Encoding", "chunked")
+    connection.endheaders()
+    for start in range(0, len(body), 1000):
+        chunk = body[start:start + 1000]
+        connection.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+    connection.send(b"0\r\n\r\n")
+    response = connection.getresponse()
+    assert response.status == 413 and b"4096 bytes" in response.read()
+    assert not list((keyed.root / "files").glob("*.part"))
