@@ -130,7 +130,9 @@ def finished_speed(client: openai.OpenAI, job_id: str) -> float:
 def under_load(base_url: str, file_id: str, args) -> tuple[float, Tally, Tally, float]:
     client = openai.OpenAI(base_url=base_url, api_key="bench", max_retries=0, timeout=600)
     job_id = create_job(client, file_id, args)
-    while client.fine_tuning.jobs.retrieve(job_id).status != "running":
+    while (status := client.fine_tuning.jobs.retrieve(job_id).status) != "running":
+        if status not in ("validating_files", "queued"):
+            raise SystemExit(f"job {job_id} {status} before the load began")
         time.sleep(0.2)
     stop, polls, chats = threading.Event(), Tally(), Tally()
     clients = [openai.OpenAI(base_url=base_url, api_key="bench", max_retries=0, timeout=600)

@@ -127,3 +127,20 @@ def test_a_chunked_upload_without_a_length_is_cut_off_at_the_limit(keyed):
     response = connection.getresponse()
     assert response.status == 413 and b"4096 bytes" in response.read()
     assert not list((keyed.root / "files").glob("*.part"))
+
+
+def test_delete_refuses_a_file_an_unfinished_job_trains_on(keyed, tiny_served, training_jsonl):
+    client = keyed.client("key-a")
+    used = client.files.create(file=training_jsonl.open("rb"), purpose="fine-tune")
+    unused = client.files.create(file=training_jsonl.open("rb"), purpose="fine-tune")
+    assert used.sha256 == unused.sha256  # the same bytes, two files
+    job = client.fine_tuning.jobs.create(model=tiny_served.default, training_file=used.id,
+                                         extra_body={"tuneforge": TINY_RUN})
+    with pytest.raises(openai.ConflictError) as refused:
+        client.files.delete(used.id)
+    assert job.id in refused.value.message
+    assert client.files.delete(unused.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(unused.id)
+    client.fine_tuning.jobs.cancel(job.id)
+    assert client.files.delete(used.id).deleted
