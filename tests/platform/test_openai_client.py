@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 
+import openai
 import pytest
 
 from tests.platform.conftest import TINY_HYPERPARAMETERS, TINY_RUN, platform_server, wait_for
@@ -12,8 +13,8 @@ from tests.platform.conftest import TINY_HYPERPARAMETERS, TINY_RUN, platform_ser
 
 def test_openai_client_from_upload_to_chatting_with_the_fine_tune(tiny_served, tmp_path, training_jsonl,
                                                                   validation_jsonl):
-    with platform_server(tiny_served, tmp_path / "platform") as platform:
-        client = platform.client()
+    with platform_server(tiny_served, tmp_path / "platform", api_keys=("key-a", "key-b")) as platform:
+        client = platform.client("key-a")
         uploaded = client.files.create(file=training_jsonl.open("rb"), purpose="fine-tune")
         assert uploaded.filename == "train.jsonl" and uploaded.bytes == training_jsonl.stat().st_size
         held_out = client.files.create(file=validation_jsonl.open("rb"), purpose="fine-tune")
@@ -44,8 +45,23 @@ def test_openai_client_from_upload_to_chatting_with_the_fine_tune(tiny_served, t
         assert [int(r["step"]) for r in rows] == list(range(0, done.tuneforge["total_steps"] + 1))
         assert float(rows[-1]["train_loss"]) < float(rows[1]["train_loss"])
 
+        from tuneforge.registry.store import list_versions, open_registry
+
+        versions = list_versions(open_registry(platform.root / "registry.db", create=False))
+        assert [v.id for v in versions] == [done.tuneforge["registry_version"]] == ["v1"]
+        assert job.id in versions[0].note and versions[0].path == done.tuneforge["run_dir"]
+
         assert done.fine_tuned_model in {m.id for m in client.models.list()}
         answer = client.chat.completions.create(model=done.fine_tuned_model, max_tokens=8,
                                                 messages=[{"role": "user", "content": "What is 3 plus 3?"}])
         assert answer.model == done.fine_tuned_model and answer.choices[0].message.content
         assert [j.id for j in client.fine_tuning.jobs.list()] == [job.id]
+
+        other = platform.client("key-b")  # another key sees neither the job nor its model
+        assert done.fine_tuned_model not in {m.id for m in other.models.list()}
+        assert tiny_served.default in {m.id for m in other.models.list()}
+        with pytest.raises(openai.NotFoundError):
+            other.chat.completions.create(model=done.fine_tuned_model, max_tokens=4,
+                                          messages=[{"role": "user", "content": "hi"}])
+        with pytest.raises(openai.NotFoundError):
+            other.files.content(done.result_files[0])

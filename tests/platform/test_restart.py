@@ -45,14 +45,14 @@ def test_kill_9_during_a_job_then_restart_finishes_it_as_if_uninterrupted(tiny_m
     root.mkdir()
     request = dict(model=str(tiny_model), seed=3, method={"type": "supervised", "supervised": {"hyperparameters": {
         "batch_size": 2, "learning_rate_multiplier": 5}}},
-        extra_body={"tuneforge": {**TINY_RUN, "train": {**TINY_RUN["train"], "max_steps": 30}}})
+        extra_body={"tuneforge": {**TINY_RUN, "train": {**TINY_RUN["train"], "max_steps": 60}}})
     client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=2, timeout=60)
     server = start_server(tiny_model, root, port)
     try:
         uploaded = client.files.create(file=training_jsonl.open("rb"), purpose="fine-tune")
         job = client.fine_tuning.jobs.create(training_file=uploaded.id, **request)
         deadline = time.monotonic() + 240
-        while max(train_losses(client, job.id), default=0) < 8:  # past the step-6 checkpoint
+        while max(train_losses(client, job.id), default=0) < 8:  # past the first checkpoint (step 6)
             assert time.monotonic() < deadline and client.fine_tuning.jobs.retrieve(job.id).status in (
                 "validating_files", "queued", "running")
             time.sleep(0.1)
@@ -67,13 +67,14 @@ def test_kill_9_during_a_job_then_restart_finishes_it_as_if_uninterrupted(tiny_m
         assert resumed.status == "succeeded", resumed.error
         messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=1000)]
         assert "The server restarted: the job is queued to resume from its last checkpoint" in messages
-        assert any(m.startswith("Fine-tuning job resumed from step ") for m in messages)
+        resumed_from = [int(m.rsplit(" ", 1)[1]) for m in messages if m.startswith("Fine-tuning job resumed from step ")]
+        assert resumed_from and resumed_from[0] >= 6  # from a checkpoint, not from the start
 
         reference = client.fine_tuning.jobs.create(training_file=uploaded.id, **request)
         finished = wait_for(client, reference.id, ("succeeded", "failed", "cancelled"), timeout=300)
         assert finished.status == "succeeded", finished.error
         expected, got = train_losses(client, reference.id), train_losses(client, job.id)
-        assert sorted(got) == sorted(expected) == list(range(1, 31))
+        assert sorted(got) == sorted(expected) == list(range(1, 61))
         for step in expected:
             assert got[step] == pytest.approx(expected[step], abs=1e-5), step
     finally:

@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT                            -- JSON
 );
 CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_model ON jobs (fine_tuned_model);
 """
 ALPHABET = string.ascii_letters + string.digits
 

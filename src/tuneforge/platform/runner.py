@@ -171,8 +171,15 @@ class Runner:
         command += ["--resume"] if job.resume else []
         output = (job.run_path / JOB_LOG).open("ab")
         environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-                                   cwd=job.run_path, env=environment, preexec_fn=die_with_parent)
+        try:
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                                       cwd=job.run_path, env=environment, preexec_fn=die_with_parent)
+        except OSError as exc:
+            output.close()
+            self.jobs.move(job.id, "failed", ("running",), f"The training process could not start: {exc}", "error",
+                           error={"code": "internal_error", "message": f"cannot start {command[0]}: {exc}",
+                                  "param": None})
+            return
         self.jobs.update(job.id, pid=process.pid)
         self.children[job.id] = Child(job.id, process, MetricsTail(self.events, job.id, job.run_path, job.total_steps),
                                       output)
