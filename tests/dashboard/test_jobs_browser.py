@@ -110,3 +110,29 @@ def test_upload_train_watch_chat_rate_promote(platform_board, page, shots, tmp_p
     page.goto(url + "/" + POLL + "#runs")  # the job's run directory is a run like any other
     page.wait_for_selector(f"#runs-table tr[data-run='{job_id}'] .badge")
     assert page.locator(f"#runs-table tr[data-run='{job_id}'] .badge").inner_text() == "finished"
+
+
+def test_cancel_a_job_and_see_a_bad_file_fail_with_its_line(platform_board, page, tmp_path):
+    from tests.conftest import chat_records, write_jsonl
+
+    url, served, _ = platform_board
+    train = write_jsonl(tmp_path / "long.jsonl", chat_records(24))
+    page.goto(url + "/" + POLL + "#jobs")
+    page.wait_for_selector("#job-form:not([hidden])")
+    page.set_input_files("#job-train", str(train))
+    page.fill("#job-model", served.default)
+    page.fill("#job-epochs", "50")
+    page.click("#job-create")
+    page.wait_for_selector("#job-cancel")
+    page.click("#job-cancel")
+    page.wait_for_selector("#job-detail h2 .badge.cancelled")
+    assert page.locator("#job-cancel").count() == 0  # nothing left to cancel
+    assert "Job cancelled" in page.inner_text("#job-events")
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(train.read_text() + "{not json\n")
+    page.set_input_files("#job-train", str(bad))
+    page.fill("#job-epochs", "1")
+    page.click("#job-create")
+    page.wait_for_selector("#job-detail h2 .badge.failed", timeout=60_000)
+    assert "bad.jsonl" in page.inner_text("#job-detail") and "25" in page.inner_text("#job-detail .worse")
