@@ -22,7 +22,9 @@ def test_page_and_static_files_load_without_a_key(workspace, tiny_model):
     with serving(workspace, tiny_model, api_keys=("secret",)) as live:
         page = live.get("/")
         assert page.status_code == 200 and 'src="/dashboard/static/app.js"' in page.text
-        for name in ("", "dashboard/static/app.js", "dashboard/static/charts.js", "dashboard/static/style.css"):
+        from tuneforge.dashboard.routes import STATIC
+
+        for name in ["", *(f"dashboard/static/{file}" for file in STATIC)]:
             served = live.get(f"/{name}")  # everything from this server: the page works offline
             assert served.status_code == 200 and not EXTERNAL.search(served.text), name
         assert live.get("/dashboard/static/../app.py").status_code == 404

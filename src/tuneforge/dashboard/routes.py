@@ -16,6 +16,7 @@ from pathlib import Path
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from tuneforge.dashboard import compare, inspection, monitoring, registry_view, runs
 from tuneforge.dashboard.settings import DashboardSettings
@@ -23,7 +24,8 @@ from tuneforge.errors import TuneforgeError
 from tuneforge.registry.store import ALIASES, RegistryError, registry_path
 
 API = "/dashboard/api"
-STATIC = {"app.js": "text/javascript", "charts.js": "text/javascript", "style.css": "text/css"}
+SCRIPTS = ("app.js", "common.js", "charts.js", "jobs.js", "runs.js", "registry.js", "monitoring.js", "chat.js")
+STATIC = {**{name: "text/javascript" for name in SCRIPTS}, "style.css": "text/css"}
 REPORT_FILES = {".html": "text/html", ".png": "image/png"}
 
 
@@ -173,8 +175,6 @@ def dashboard_router(settings: DashboardSettings) -> APIRouter:
     async def inspect(request: Request, filename: str = "upload.jsonl", model: str | None = None,
                       max_seq_length: int = 1024):
         content = await request.body()
-        from starlette.concurrency import run_in_threadpool
-
         return await run_in_threadpool(answered, lambda: inspection.inspect_upload(
             content, filename, model or settings.model, max_seq_length=max_seq_length))
 
