@@ -8,7 +8,7 @@ export async function showJobs() {
   if (!state.settings.jobs) {
     $("job-form").hidden = true;
     fill($("jobs-table"), );
-    $("jobs-empty").textContent = "This server runs no fine-tuning jobs: start it with `tuneforge serve MODEL --jobs`.";
+    $("jobs-empty").textContent = "This server runs no fine-tuning jobs: `tuneforge platform MODEL` serves the jobs API and this tab.";
     return;
   }
   $("job-form").hidden = false;
