@@ -76,6 +76,7 @@ export function lineChart(series, options = {}) {
   svg.appendChild(el("line", { x1: pad.left, x2: width - pad.right, y1: height - pad.bottom, y2: height - pad.bottom, class: "axis" }));
   if (options.xLabel) svg.appendChild(el("text", { x: (width + pad.left) / 2, y: height - 6, class: "label", "text-anchor": "middle" }, options.xLabel));
   if (options.yLabel) svg.appendChild(el("text", { x: 12, y: (height) / 2, class: "label", "text-anchor": "middle", transform: `rotate(-90 12 ${height / 2})` }, options.yLabel));
+  const placed = [];
   series.forEach((s, index) => {
     const colour = s.colour || COLOURS[index % COLOURS.length];
     const good = s.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
@@ -91,7 +92,10 @@ export function lineChart(series, options = {}) {
       }
     }
     const [lx, ly] = good[good.length - 1];  // the latest value, where a reader looks first
-    svg.appendChild(el("text", { x: Math.min(X(lx) + 5, width - pad.right - 2), y: Y(ly) - 6, class: "end-label",
+    let labelY = Y(ly) - 6;
+    while (placed.some((y) => Math.abs(y - labelY) < 12)) labelY -= 12;  // two runs ending close: stack labels
+    placed.push(labelY);
+    svg.appendChild(el("text", { x: Math.min(X(lx) + 5, width - pad.right - 2), y: labelY, class: "end-label",
                                  fill: colour, "text-anchor": X(lx) > width - 80 ? "end" : "start" }, fmt(ly, 4)));
   });
   legend(svg, series.map((s, i) => ({ name: s.name, colour: s.colour || COLOURS[i % COLOURS.length] })), pad.left, pad.top - 12);

@@ -38,6 +38,7 @@ async function registryAction(action, body) {
   const box = $("registry-message");
   try {
     const result = await api(`${API}/registry/${action}`, { json: body });
+    await showRegistry();  // the table first: once the message shows, the page already says what changed
     box.hidden = false;
     box.className = "message " + (result.ok ? "ok" : "refused");
     fill(box, result.message);
@@ -45,7 +46,6 @@ async function registryAction(action, body) {
       box.append(h("div", {}, h("button", { type: "button", class: "small danger", id: "promote-force",
         onclick: () => registryAction("promote", { ...body, force: true }) }, "Promote anyway (force)")));
     }
-    await showRegistry();
   } catch (error) {
     box.hidden = false;
     box.className = "message refused";
