@@ -83,7 +83,7 @@ class Runner:
         self.children: dict[str, Child] = {}
         self.stopping = threading.Event()
         self.validator = ThreadPoolExecutor(1, thread_name_prefix="tuneforge-validate")
-        self.validating: tuple[str, Future] | None = None
+        self.validating: Future | None = None  # one job validated at a time, beside the watching
         self.thread = threading.Thread(target=self.run, name="tuneforge-jobs", daemon=True)
 
     def start(self) -> Runner:
@@ -116,11 +116,11 @@ class Runner:
     # --- validating_files -> queued ---------------------------------------------------------------
 
     def validate_next(self) -> None:
-        if self.validating is not None and not self.validating[1].done():
+        if self.validating is not None and not self.validating.done():
             return
         waiting = self.jobs.with_status("validating_files")
         if waiting:
-            self.validating = (waiting[0].id, self.validator.submit(self.validate, waiting[0]))
+            self.validating = self.validator.submit(self.validate, waiting[0])
 
     def validate(self, job: Job) -> None:
         try:
