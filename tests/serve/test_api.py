@@ -168,5 +168,5 @@ def test_health_metrics_and_chat_page(live):
         assert line in metrics, line
     page = live.get("/")
     assert page.status_code == 200 and "<title>tuneforge</title>" in page.text and 'data-tab="chat"' in page.text
-    script = live.get("/dashboard/static/app.js").text  # the dashboard's chat tab streams from the chat API
+    script = live.get("/dashboard/static/chat.js").text  # the dashboard's chat tab streams from the chat API
     assert "/v1/chat/completions" in script and "stream: true" in script
