@@ -19,6 +19,7 @@ from tuneforge.deploy import commands as deploy_commands
 from tuneforge.errors import TuneforgeError
 from tuneforge.evaluate import commands as evaluate_commands
 from tuneforge.monitor import commands as monitor_commands
+from tuneforge.platform import commands as platform_commands
 from tuneforge.registry import commands as registry_commands
 from tuneforge.serve import commands as serve_commands
 from tuneforge.serve import predict
@@ -31,6 +32,7 @@ REGISTRATIONS = (
     evaluate_commands.add_parsers,  # eval, compare
     deploy_commands.add_parsers,  # export
     serve_commands.add_parsers,  # serve
+    platform_commands.add_parsers,  # platform
     predict.add_parsers,  # predict
     monitor_commands.add_parsers,  # monitor, curate
     data_commands.add_parsers,  # data inspect | prepare
@@ -58,6 +60,7 @@ examples:
   tuneforge train configs/pretrain-quickstart.yaml
   tuneforge models register runs/quickstart --promote production
   tuneforge serve registry:production
+  tuneforge platform embedded:smollm2-135m-instruct --api-key KEY
   tuneforge monitor report --since 7d --out reports/monitor
   tuneforge monitor drift --config runs/quickstart --since 24h
   tuneforge curate --out data/curated.jsonl --train examples/identity/train.jsonl

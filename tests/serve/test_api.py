@@ -167,8 +167,9 @@ def test_health_metrics_and_chat_page(live):
                  "tuneforge_running_sequences", "tuneforge_requests_in_flight", "tuneforge_decode_steps_total"):
         assert line in metrics, line
     page = live.get("/")
-    assert page.status_code == 200 and "<title>tuneforge chat</title>" in page.text
-    assert "/v1/chat/completions" in page.text and "stream: true" in page.text
+    assert page.status_code == 200 and "<title>tuneforge</title>" in page.text and 'data-tab="chat"' in page.text
+    script = live.get("/dashboard/static/chat.js").text  # the dashboard's chat tab streams from the chat API
+    assert "/v1/chat/completions" in script and "stream: true" in script
 
 
 def test_classify_on_a_language_model_is_a_404_that_says_so(live, tiny_served):

@@ -12,12 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from dataclasses import replace
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
+from tuneforge.dashboard.routes import API as DASHBOARD_API, dashboard_router
+from tuneforge.dashboard.settings import DashboardSettings
 from tuneforge.monitor.requestlog import RequestLog
 from tuneforge.serve.auth import KeyCheck
 from tuneforge.serve.classifier import ClassifierWorker, ServedClassifier
@@ -25,6 +29,7 @@ from tuneforge.serve.classify import CLASSIFY_PATH
 from tuneforge.serve.classify import router as classify_router
 from tuneforge.serve.completions import CHAT_PATH, COMPLETIONS_PATH, ServerState
 from tuneforge.serve.errors import ApiError, validation_error
+from tuneforge.serve.extra import ExtraModels
 from tuneforge.serve.live import AliasWatcher, EngineTotals, RegistryTarget, new_engine
 from tuneforge.serve.metrics import ClassifierCollector, ServerMetrics
 from tuneforge.serve.options import ServeOptions
@@ -35,9 +40,20 @@ log = logging.getLogger("tuneforge.serve")
 ENDPOINTS = {CHAT_PATH, COMPLETIONS_PATH, CLASSIFY_PATH, FEEDBACK_PATH, "/v1/models", "/health", "/metrics", "/"}
 
 
-def create_app(served: Served | ServedClassifier, options: ServeOptions,
-               registry: RegistryTarget | None = None) -> FastAPI:
-    """`registry`: where `served` came from (`registry:NAME`); an alias is followed across promotions (live.py)."""
+GUARDED = ("/v1/", DASHBOARD_API + "/")  # paths that need an API key when the server has keys
+
+
+def create_app(served: Served | ServedClassifier, options: ServeOptions, registry: RegistryTarget | None = None,
+               extra: ExtraModels | None = None, uploads: dict[str, int] | None = None,
+               alongside: Callable[[], AbstractAsyncContextManager] | None = None,
+               dashboard: DashboardSettings | None = None) -> FastAPI:
+    """`registry`: where `served` came from (`registry:NAME`); an alias is followed across promotions (live.py).
+
+    `extra`: more models served by name (extra.py). `uploads`: POST paths whose bodies are streamed to the route
+    rather than buffered, with their own size limit (the jobs API's file upload). `alongside`: what runs while the
+    server does (the jobs runner, platform/app.py), entered once the engine started and left before it drains.
+    `dashboard`: where the web dashboard at `/` finds runs and the registry (default: the options' runs_dir
+    and registry_db; the request log is always this server's own)."""
     request_log = RequestLog(options.log_settings()) if options.log_db else None  # None: --no-log
     if isinstance(served, ServedClassifier):
         engine, engines = ClassifierWorker(served.classifier, options.max_batch_size), None
@@ -46,7 +62,7 @@ def create_app(served: Served | ServedClassifier, options: ServeOptions,
         engine = new_engine(served, options)
         engines = EngineTotals(engine)  # /metrics reads through this: the engine changes at each swap
         metrics = ServerMetrics(engines, request_log)
-    state = ServerState(served, engine, options, metrics, request_log=request_log)
+    state = ServerState(served, engine, options, metrics, request_log=request_log, extra=extra)
 
     follow = registry if registry and registry.follows and engines is not None else None  # classifiers: run dirs only
 
@@ -56,7 +72,10 @@ def create_app(served: Served | ServedClassifier, options: ServeOptions,
         if request_log:
             request_log.start()
         watcher = AliasWatcher(follow, state, engines, asyncio.get_running_loop()).start() if follow else None
-        yield
+        async with alongside() if alongside else nullcontext():
+            yield
+        if extra is not None:
+            await extra.close(options.request_timeout_s)
         if watcher and not await asyncio.to_thread(watcher.stop, options.request_timeout_s):
             log.warning("shutdown: the registry watcher is still loading or draining; exiting anyway")
         if not await asyncio.to_thread(state.engine.shutdown, options.request_timeout_s):
@@ -69,11 +88,17 @@ def create_app(served: Served | ServedClassifier, options: ServeOptions,
     app.state.server = state
     app.include_router(router)
     app.include_router(classify_router)
+    board = dashboard or DashboardSettings(options.runs_dir,
+                                           options.registry_db or (registry.registry if registry else None))
+    root = served.root if isinstance(served, ServedClassifier) else served.names[served.default].root
+    board = replace(board, log_db=options.log_db, model=board.model or root)
+    app.include_router(dashboard_router(board))
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(Exception, internal_error)
-    app.add_middleware(Guard, keys=KeyCheck(options.api_keys), max_body_bytes=options.max_body_bytes)
+    app.add_middleware(Guard, keys=KeyCheck(options.api_keys), max_body_bytes=options.max_body_bytes,
+                       uploads=uploads or {})
     app.add_middleware(Metered, metrics=state.metrics)  # outermost: sees the guard's refusals too
     return app
 
@@ -97,19 +122,24 @@ async def internal_error(request, exc: Exception):
 
 
 class Guard:
-    """Refuses before the body is parsed: 401 without a valid API key on /v1, 413 for an oversized body."""
+    """Refuses before the body is parsed: 401 without a valid API key on /v1, 413 for an oversized body.
 
-    def __init__(self, app, keys: KeyCheck, max_body_bytes: int):
-        self.app, self.keys, self.limit = app, keys, max_body_bytes
+    A body is buffered whole up to the limit, except on an upload path (`uploads`: path -> limit), whose body goes
+    to the route as it arrives, counted: past its limit, reading it raises the 413 (tests/platform/test_files.py)."""
+
+    def __init__(self, app, keys: KeyCheck, max_body_bytes: int, uploads: dict[str, int] | None = None):
+        self.app, self.keys, self.limit, self.uploads = app, keys, max_body_bytes, uploads or {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
-            if scope["path"].startswith("/v1/"):
+            if scope["path"].startswith(GUARDED):
                 self.keys(headers.get("authorization"))
-            if scope["method"] == "POST":
+            if scope["method"] == "POST" and scope["path"] in self.uploads:
+                receive = counted_body(headers.get("content-length"), receive, self.uploads[scope["path"]])
+            elif scope["method"] == "POST":
                 receive = await self.buffered_body(headers.get("content-length"), receive)
         except ApiError as exc:
             return await exc.response()(scope, receive, send)
@@ -135,6 +165,23 @@ class Guard:
             return messages.pop(0) if messages else await receive()
 
         return replay
+
+
+def counted_body(length: str | None, receive, limit: int):
+    """`receive`, refusing a declared length over `limit` at once and raising the 413 once more arrived than that."""
+    if length and length.isdigit() and int(length) > limit:
+        raise too_large(limit)
+    size = 0
+
+    async def counted():
+        nonlocal size
+        message = await receive()
+        size += len(message.get("body", b""))
+        if size > limit:
+            raise too_large(limit)
+        return message
+
+    return counted
 
 
 def too_large(limit: int) -> ApiError:

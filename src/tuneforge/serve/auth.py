@@ -40,3 +40,14 @@ class KeyCheck:
 def unauthorized(message: str) -> ApiError:
     return ApiError(401, message, type="authentication_error", code="invalid_api_key",
                     headers={"WWW-Authenticate": "Bearer"})
+
+
+def caller(authorization: str | None, keys: tuple[str, ...]) -> str | None:
+    """Who calls, for what belongs to one key (the jobs API's files, jobs and models): a short digest of the bearer
+    key, never the key itself; None when the server has no keys, so that everything is shared.
+
+    The Guard has already refused any key that is not configured, so the digest names a configured key."""
+    if not keys:
+        return None
+    _, _, token = (authorization or "").partition(" ")
+    return "key-" + hashlib.sha256(token.strip().encode()).hexdigest()[:16]

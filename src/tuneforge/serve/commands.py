@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from tuneforge.dashboard.settings import DEFAULT_RUNS_ROOT
 from tuneforge.errors import ConfigError
 from tuneforge.monitor.requestlog import DEFAULT_LOG_DB
 from tuneforge.serve.options import API_KEYS_ENV, ServeOptions, api_keys_from
@@ -21,13 +22,19 @@ def add_parsers(commands) -> None:
         "serve", help="serve a model over an OpenAI-compatible HTTP API",
         description="Serve a model (a run directory, checkpoint, local model directory, hub id, .gguf file or "
         "embedded:smollm2-135m-instruct) over an OpenAI-compatible API: /v1/chat/completions, /v1/completions "
-        "(streaming too), /v1/models, /health, /metrics (Prometheus) and a chat page at /. Concurrent requests "
-        "are decoded together in shared batches. A classifier run (task: classify) serves POST /v1/classify "
-        "instead of the chat routes, with the same limits, API keys, request log and metrics. A LoRA run serves its adapter under MODEL_OR_RUN and the base "
+        "(streaming too), /v1/models, /health, /metrics (Prometheus) and a web dashboard at / (runs, registry, "
+        "monitoring, data, chat). Concurrent requests are decoded together in shared batches. A classifier run "
+        "(task: classify) serves POST /v1/classify instead of the chat routes, with the same limits, API keys, "
+        "request log and metrics. A LoRA run serves its adapter under MODEL_OR_RUN and the base "
         "model under its own name; --adapter adds more adapters, each addressable by name. registry:ALIAS (e.g. "
         "registry:production) serves the version a registry alias names, under the alias, and follows promote and "
         "rollback without a restart. Ctrl-C or SIGTERM finishes the requests in flight, then exits.")
     serve.set_defaults(run=run_serve)
+    add_serve_arguments(serve)
+
+
+def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
+    """MODEL_OR_RUN and every serving option (also `tuneforge platform`'s, platform/commands.py)."""
     serve.add_argument("model", metavar="MODEL_OR_RUN")
     serve.add_argument("--adapter", dest="adapters", action="append", default=[], metavar="NAME=PATH",
                        help="also serve a LoRA adapter (a run dir, checkpoint or adapter dir) as model NAME (repeatable)")
@@ -64,6 +71,8 @@ def add_parsers(commands) -> None:
                        help="CPU threads for torch (default: one per core; on a busy machine 1 can be much faster)")
     serve.add_argument("--registry", type=Path, metavar="PATH", help="the model registry that registry:ALIAS is "
                        "looked up in (default: $TUNEFORGE_REGISTRY, else ./tuneforge-registry.db)")
+    serve.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_ROOT, metavar="DIR",
+                       help=f"where the dashboard at / looks for run directories (default ./{DEFAULT_RUNS_ROOT})")
     serve.add_argument("--registry-poll", type=float, metavar="SECONDS",
                        help="how often to check which version registry:ALIAS names (default 2)")
 
@@ -77,18 +86,29 @@ def options_from(args: argparse.Namespace) -> ServeOptions:
             max_batch_size=args.max_batch_size, batching=args.batching,
             log_db=None if args.no_log else Path(args.log_db), log_retention_days=args.log_retention_days,
             log_max_rows=args.log_max_rows, log_redact_pii=args.log_redact_pii,
+            runs_dir=args.runs_dir, registry_db=args.registry,
         )
     except ValueError as exc:
         raise ConfigError(f"tuneforge serve: {exc}") from exc
 
 
 def run_serve(args: argparse.Namespace, console: Console) -> int:
-    import uvicorn
-
     from tuneforge.serve.app import create_app
-    from tuneforge.serve.served import load_served, parse_adapter_flag
 
     options = options_from(args)
+    loaded = load_for_serving(args, options, console)
+    if isinstance(loaded, int):  # a classifier, served by its own app until it exits
+        return loaded
+    served, target = loaded
+    app = create_app(served, options, target)
+    announce(served, options, target, console)
+    return run_app(app, options)
+
+
+def load_for_serving(args: argparse.Namespace, options: ServeOptions, console: Console):
+    """(served, its registry target or None) as the flags say; a classifier is served here and its exit code returned."""
+    from tuneforge.serve.served import load_served, parse_adapter_flag
+
     adapters = [parse_adapter_flag(flag) for flag in args.adapters]
     if args.threads is not None:
         if args.threads < 1:
@@ -114,12 +134,20 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if target and target.follows:
         show_swaps_in_terminal()
-    app = create_app(served, options, target)
+    return served, target
+
+
+def announce(served, options: ServeOptions, target, console: Console) -> None:
     console.print(describe(served, options), highlight=False)
     if target:
         console.print(f"registry: {target.name} is {served.version} in {target.registry}"
                       + (f"; following it (checked every {target.poll_s:g} s)" if target.follows else ""),
                       highlight=False)
+
+
+def run_app(app, options: ServeOptions) -> int:
+    import uvicorn
+
     config = uvicorn.Config(app, host=options.host, port=options.port, log_level="info",
                             timeout_graceful_shutdown=int(options.request_timeout_s) + 5)
     uvicorn.Server(config).run()
@@ -138,7 +166,7 @@ def describe(served, options: ServeOptions) -> str:
                     f"limits: {MAX_TEXTS} texts per request, {limits}")
     else:
         lines = [f"models: {', '.join(served.names)}",
-                 f"OpenAI base URL: {url}/v1    chat page: {url}/    metrics: {url}/metrics"]
+                 f"OpenAI base URL: {url}/v1    dashboard: {url}/    metrics: {url}/metrics"]
         batching = (f"batching: up to {options.max_batch_size} sequences per step" if options.batching
                     else "batching: off (one request at a time)")
         batching += (f"; limits: prompt {options.max_prompt_tokens} tokens, {options.max_new_tokens} new tokens, "

@@ -27,6 +27,7 @@ from tuneforge.serve import errors
 from tuneforge.serve.classifier import ClassifierWorker, ServedClassifier
 from tuneforge.serve.engine import Delta, Done, Engine, EngineClosed, Failed, Request, SamplingParams, asyncio_sink
 from tuneforge.serve.errors import ApiError
+from tuneforge.serve.extra import ExtraModels
 from tuneforge.serve.metrics import ServerMetrics
 from tuneforge.serve.options import ServeOptions
 from tuneforge.serve.protocol import (
@@ -52,6 +53,7 @@ class ServerState:
     metrics: ServerMetrics
     in_flight: int = 0
     request_log: RequestLog | None = None  # None: --no-log
+    extra: ExtraModels | None = None  # models served by name beside the main one (extra.py); None: none
 
 
 @dataclass
@@ -117,6 +119,7 @@ class Job:
     n: int
     version: str | None = None  # the registry version of the model that takes it (Served.version when accepted)
     started: float = field(default_factory=time.monotonic)
+    engine: Engine | None = None  # an extra model's engine (extra.py); None: the server's main engine
 
     @property
     def endpoint(self) -> str:
@@ -132,8 +135,9 @@ class Job:
 
 
 def chat_job(body: ChatCompletionRequest, state: ServerState, arrival: Arrival) -> Job:
-    model, adapter = pick_model(body.model, state.served)
-    tokenizer = state.served.tokenizer
+    served, engine = target(body.model, state)
+    model, adapter = pick_model(body.model, served)
+    tokenizer = served.tokenizer
     if not getattr(tokenizer, "chat_template", None):
         raise ApiError(400, f"The model '{model}' has no chat template; use /v1/completions", param="model",
                        code="no_chat_template")
@@ -143,14 +147,24 @@ def chat_job(body: ChatCompletionRequest, state: ServerState, arrival: Arrival) 
         raise ApiError(400, f"The model's chat template refused these messages: {exc}", param="messages") from exc
     prompt = tokenizer.encode(text, add_special_tokens=False)
     arrival.prompt_tokens = len(prompt)
-    return Job(arrival, model, adapter, [prompt], sampling(body, [prompt], state), body.n, arrival.version)
+    return Job(arrival, model, adapter, [prompt], sampling(body, [prompt], state, served), body.n, arrival.version,
+               engine=engine)
 
 
 def completion_job(body: CompletionRequest, state: ServerState, arrival: Arrival) -> Job:
-    model, adapter = pick_model(body.model, state.served)
-    prompts = [state.served.tokenizer.encode(p) for p in body.prompts()]
+    served, engine = target(body.model, state)
+    model, adapter = pick_model(body.model, served)
+    prompts = [served.tokenizer.encode(p) for p in body.prompts()]
     arrival.prompt_tokens = sum(len(p) for p in prompts)
-    return Job(arrival, model, adapter, prompts, sampling(body, prompts, state), body.n, arrival.version)
+    return Job(arrival, model, adapter, prompts, sampling(body, prompts, state, served), body.n, arrival.version,
+               engine=engine)
+
+
+def target(name: str | None, state: ServerState) -> tuple[Served, Engine | None]:
+    """The served model that answers `name`, and its engine: an extra model made ready by ExtraModels.ensure, or the
+    main model (engine None: Generation takes the main engine when it starts, in the same step as this read)."""
+    loaded = state.extra.get(name) if state.extra is not None and name not in state.served.names else None
+    return loaded if loaded is not None else (state.served, None)
 
 
 def pick_model(name: str | None, served: Served | ServedClassifier) -> tuple[str, str | None]:
@@ -163,8 +177,9 @@ def pick_model(name: str | None, served: Served | ServedClassifier) -> tuple[str
     return name, served.names[name].adapter
 
 
-def sampling(body: ChatCompletionRequest | CompletionRequest, prompts: list[list[int]], state: ServerState) -> SamplingParams:
-    options, context = state.options, state.served.context_length
+def sampling(body: ChatCompletionRequest | CompletionRequest, prompts: list[list[int]], state: ServerState,
+             served: Served) -> SamplingParams:
+    options, context = state.options, served.context_length
     longest = max(len(p) for p in prompts)
     if longest > options.max_prompt_tokens:
         raise ApiError(400, f"The prompt has {longest} tokens; this server takes at most {options.max_prompt_tokens}",
@@ -215,7 +230,8 @@ class Generation:
         state.in_flight += 1
         self.counted = True
         state.metrics.in_flight.inc()
-        self.engine = state.engine  # read in the same step as the job's model (state.served): a swap cannot split them
+        # The main engine is read in the same step as the job's model (state.served): a swap cannot split them.
+        self.engine = job.engine or state.engine
         try:
             for request in self.requests:
                 self.engine.submit(request)

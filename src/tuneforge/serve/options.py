@@ -29,6 +29,10 @@ class ServeOptions:
     log_retention_days: float = 30.0
     log_max_rows: int = 1_000_000
     log_redact_pii: bool = False
+    # What the dashboard at / reads (dashboard/settings.py): run directories, and the model registry
+    # (None: registry/store.py's default, $TUNEFORGE_REGISTRY else ./tuneforge-registry.db).
+    runs_dir: Path = Path("runs")
+    registry_db: Path | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_prompt_tokens", "max_new_tokens", "max_concurrent", "max_batch_size", "max_body_bytes"):

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from importlib import resources
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.background import BackgroundTask
 
 from tuneforge.monitor.requestlog import FeedbackRecord, LogUnavailable
 from tuneforge.serve import errors
+from tuneforge.serve.auth import caller
 from tuneforge.serve.completions import (
     CHAT_PATH, COMPLETIONS_PATH, REQUEST_ID, Arrival, Generation, Job, ServerState, answer, chat_job, completion_job,
     end_stream, logged_failures, stream,
@@ -28,6 +28,18 @@ router = APIRouter()
 
 def state_of(request: Request) -> ServerState:
     return request.app.state.server
+
+
+def caller_of(request: Request) -> str | None:
+    """The calling key's id (auth.caller): what the jobs API's files, jobs and fine-tuned models belong to."""
+    return caller(request.headers.get("authorization"), state_of(request).options.api_keys)
+
+
+async def ready(model: str | None, request: Request) -> None:
+    """An extra model (extra.py) named by a request is loaded before the request is built; 404 if the caller cannot see it."""
+    state = state_of(request)
+    if state.extra is not None:
+        await state.extra.ensure(model, caller_of(request), state.served)
 
 
 def version_header(job: Job) -> dict[str, str]:
@@ -52,6 +64,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     state = state_of(request)
     arrival = Arrival.of(body, state)
     with logged_failures(arrival, state):
+        await ready(body.model, request)  # returns at once (no other request runs between) unless it loads a model
         return await respond(chat_job(body, state, arrival), state, body.stream, body.include_usage())
 
 
@@ -61,6 +74,7 @@ async def completions(body: CompletionRequest, request: Request):
     echo = body.prompts() if body.echo else None
     arrival = Arrival.of(body, state)
     with logged_failures(arrival, state):
+        await ready(body.model, request)
         return await respond(completion_job(body, state, arrival), state, body.stream, body.include_usage(), echo)
 
 
@@ -87,16 +101,19 @@ async def feedback(body: FeedbackRequest, request: Request) -> FeedbackReceipt:
 
 @router.get("/v1/models")
 async def models(request: Request) -> ModelList:
-    return ModelList(data=state_of(request).served.cards())
+    state = state_of(request)
+    extra = state.extra.cards(caller_of(request)) if state.extra is not None else []
+    return ModelList(data=state.served.cards() + extra)
 
 
 @router.get("/v1/models/{model_id:path}")
 async def model(model_id: str, request: Request) -> ModelCard:
-    served = state_of(request).served
-    for card in served.cards():
+    state = state_of(request)
+    extra = state.extra.cards(caller_of(request)) if state.extra is not None else []
+    for card in state.served.cards() + extra:
         if card.id == model_id:
             return card
-    raise errors.unknown_model(model_id, list(served.names))
+    raise errors.unknown_model(model_id, list(state.served.names) + [card.id for card in extra])
 
 
 @router.get("/health")
@@ -111,7 +128,3 @@ async def health(request: Request):
 async def metrics(request: Request) -> Response:
     return Response(state_of(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-
-@router.get("/", response_class=HTMLResponse)
-async def chat_page() -> HTMLResponse:
-    return HTMLResponse(resources.files("tuneforge.serve").joinpath("static/chat.html").read_text())

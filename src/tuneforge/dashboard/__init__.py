@@ -1,0 +1,1 @@
+"""The web dashboard: jobs, runs, registry, monitoring, data and chat in one page served at `/`."""
