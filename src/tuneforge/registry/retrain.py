@@ -117,7 +117,7 @@ def retrain_config(version: Version, curated: list[str], validation: list[str], 
                    output_dir: Path, overrides: list[str], console: Console):
     """The new run file, written to OUTPUT/retrain.yaml, then loaded with the --set overrides like any run file."""
     from tuneforge.config import load_config
-    from tuneforge.train.loop import prepare_run_dir
+    from tuneforge.train.run_dir import prepare_run_dir
 
     raw = production_run_file(version)
     data = raw.setdefault("data", {})
@@ -137,7 +137,7 @@ def retrain_config(version: Version, curated: list[str], validation: list[str], 
                       "would be the original base model, not the version it starts from", highlight=False)
     train_section["kl_to_base"] = 0.0
     raw["output_dir"] = str(output_dir)
-    prepare_run_dir(output_dir, resume=False, overwrite=False)  # refuses a directory that holds a run
+    prepare_run_dir(output_dir, resume=False, overwrite=False, lock=False)  # refuses a directory that holds a run
     created = not output_dir.exists()
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / RUN_FILE

@@ -35,10 +35,10 @@ from tuneforge.data.dataset import label_count
 from tuneforge.data.packing import collate_packed, pack
 from tuneforge.data.prepare import PreparedData, prepare
 from tuneforge.data.replay import encode_mix, replay_mix
-from tuneforge.errors import RunDirError
 from tuneforge.evaluate import before_after
 from tuneforge.evaluate.evaluator import forgetting_warning
 from tuneforge.evaluate.loss import validation_loss
+from tuneforge.models.limits import check_max_seq_length
 from tuneforge.models.tokenizer import training_tokenizer
 from tuneforge.train import checkpoint as ckpt
 from tuneforge.train import preflight, pretrain
@@ -49,6 +49,7 @@ from tuneforge.train.distributed import (
 from tuneforge.train.loss import loss_sum
 from tuneforge.train.metrics import MetricsLog, plot_losses, read_metrics
 from tuneforge.train.progress import TrainProgress
+from tuneforge.train.run_dir import prepare_run_dir
 from tuneforge.train.selection import BestCheckpoint, answer_metrics, metric_key, validation_examples
 from tuneforge.train.setup import build_model, build_optimizer, build_scheduler, seed_everything, total_steps
 from tuneforge.train.signals import stop_on_signals
@@ -62,30 +63,6 @@ class TrainResult:
     interrupted_by: str | None  # signal name, or "stop" for a programmatic stop; None when finished
     eval_loss_before: float | None
     eval_loss_after: float | None
-
-
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, accelerator=None) -> Path | None:
-    """The checkpoint to resume from, if any; refuses to clobber an existing run by accident.
-
-    Every rank looks before rank 0 clears an overwritten run, so all of them take the same decision.
-    """
-    checkpoint = ckpt.latest_checkpoint(run_dir) if run_dir.is_dir() else None
-    if resume:
-        return checkpoint
-    has_run = run_dir.is_dir() and any((run_dir / name).exists() for name in ("checkpoints", "metrics.jsonl", "final"))
-    if has_run and not overwrite:
-        raise RunDirError(
-            f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to replace it, "
-            "or set output_dir to a new directory"
-        )
-    if has_run:
-        if accelerator is not None:
-            accelerator.wait_for_everyone()
-        if accelerator is None or accelerator.is_main_process:
-            shutil.rmtree(run_dir)
-        if accelerator is not None:
-            accelerator.wait_for_everyone()
-    return None
 
 
 def train(
@@ -113,6 +90,7 @@ def train(
     # Data first, with the tokenizer alone: a bad record stops the run before the model loads.  Rank 0
     # fills the caches (an imported model, tokenized data) before the other ranks read them.
     with accelerator.main_process_first():
+        check_max_seq_length(config.model.name, cfg.max_seq_length)
         tokenizer, stop_ids = training_tokenizer(config.model.name, config.data.template)
         data = prepare(config.data, tokenizer, stop_ids, cfg.max_seq_length, cfg.seed)
     if config.task == "pretrain":
