@@ -99,9 +99,11 @@ def test_a_directory_without_write_permission_is_refused(tmp_path):
         check_output_dir(locked / "run")
 
 
-def test_max_seq_length_beyond_the_models_positions_is_refused(run_file):
+def test_max_seq_length_beyond_the_models_positions_is_refused(run_file, tmp_path):
     """Case 2: the tiny model has 512 positions; 1e9 is refused naming the key and the limit, before data is read."""
-    config = load_config(run_file(**{"train.max_seq_length": 1_000_000_000, "data.train": "/nonexistent.jsonl"}))
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("{not json\n")  # reading the data first would fail on this line instead
+    config = load_config(run_file(**{"train.max_seq_length": 1_000_000_000, "data.train": str(broken)}))
     with pytest.raises(ConfigError, match=r"train\.max_seq_length is 1,000,000,000.*at most 512 tokens"):
         train(config)
     assert train(load_config(run_file(**{"train.max_seq_length": 512, "train.max_steps": 1}))).state.step == 1
