@@ -131,24 +131,26 @@ def clear_run_dir(run_dir: Path) -> None:
             entry.unlink()
 
 
-def check_output_dir(run_dir: Path) -> None:
-    """RunDirError unless `run_dir` is (or can become) a directory this process can write; creates nothing."""
+def check_output_dir(run_dir: Path, label: str = "output_dir") -> None:
+    """RunDirError unless `run_dir` is (or can become) a directory this process can write; creates nothing.
+
+    `label` names the setting in the message (`output_dir`, or `--to` for an export)."""
     path = Path(run_dir)
     try:
         existing = nearest_existing(path)
         if existing == path and not path.is_dir():
-            raise RunDirError(f"output_dir {path} is a file, not a directory; set output_dir to a directory")
+            raise RunDirError(f"{label} {path} is a file, not a directory; set {label} to a directory")
         if not existing.is_dir():
-            raise RunDirError(f"output_dir {path}: {existing} is a file, so no directory can be made under it")
+            raise RunDirError(f"{label} {path}: {existing} is a file, so no directory can be made under it")
         limit = os.pathconf(existing, "PC_NAME_MAX")
         if any(len(os.fsencode(part)) > limit for part in path.parts):
-            raise RunDirError(f"output_dir {path}: a name in it is longer than the filesystem allows ({limit} bytes)")
+            raise RunDirError(f"{label} {path}: a name in it is longer than the filesystem allows ({limit} bytes)")
         if os.statvfs(existing).f_flag & os.ST_RDONLY:
-            raise RunDirError(f"output_dir {path}: {existing} is on a read-only filesystem")
+            raise RunDirError(f"{label} {path}: {existing} is on a read-only filesystem")
     except OSError as exc:
-        raise RunDirError(f"output_dir {path}: cannot be used: {exc.strerror or exc}") from exc
+        raise RunDirError(f"{label} {path}: cannot be used: {exc.strerror or exc}") from exc
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise RunDirError(f"output_dir {path}: {existing} is not writable by this user")
+        raise RunDirError(f"{label} {path}: {existing} is not writable by this user")
 
 
 def nearest_existing(path: Path) -> Path:
