@@ -178,3 +178,20 @@ def test_saved_weights_get_the_umask_mode_like_every_other_file(run_file):
         for path in directory.rglob("*"):
             if path.is_file():
                 assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_the_resume_hint_keeps_the_set_overrides(run_file, monkeypatch, capsys):
+    """Case 9: the command printed after SIGTERM dropped the --set overrides the run was started with."""
+    from tuneforge import cli
+    from tuneforge.train import loop
+
+    def stopped_by_sigterm(config, **kwargs):
+        return loop.TrainResult(config.output_dir, ckpt.TrainState(step=2), 6, "SIGTERM", None, None)
+
+    monkeypatch.setattr(loop, "train", stopped_by_sigterm)
+    path = run_file()
+    code = cli.main(["train", str(path), "--set", "train.learning_rate=1e-4", "--set", "eval.gates=[\"f1 >= 0.5\"]"])
+    assert code == 143
+    err = capsys.readouterr().err
+    expected = (f"tuneforge train {path} --set train.learning_rate=1e-4 --set 'eval.gates=[\"f1 >= 0.5\"]' --resume")
+    assert expected in err, err
