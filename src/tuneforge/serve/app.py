@@ -1,8 +1,9 @@
 """The FastAPI app: routes, OpenAI-style error bodies, the guard (body size, API keys), metrics, lifespan.
 
-The engine thread starts with the app and, at shutdown, drains: uvicorn first stops accepting
-connections and lets in-flight responses (streams included) finish, then the engine finishes
-whatever it still holds before the process exits.
+The engine thread starts with the app and, at shutdown, drains: while in-flight responses (streams
+included) finish, the server still accepts connections and answers /health and new completions with
+503 (serve/shutdown.py); then uvicorn stops listening, and the engine finishes whatever it still holds
+before the process exits.
 """
 
 from __future__ import annotations

@@ -83,6 +83,7 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
 
     from tuneforge.serve.app import create_app
     from tuneforge.serve.served import load_served, parse_adapter_flag
+    from tuneforge.serve.shutdown import DrainingServer
 
     options = options_from(args)
     adapters = [parse_adapter_flag(flag) for flag in args.adapters]
@@ -114,7 +115,7 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
                       highlight=False)
     config = uvicorn.Config(app, host=options.host, port=options.port, log_level="info",
                             timeout_graceful_shutdown=int(options.request_timeout_s) + 5)
-    uvicorn.Server(config).run()
+    DrainingServer(config, app.state.server, drain_s=options.request_timeout_s + 5).run()
     return 0
 
 
