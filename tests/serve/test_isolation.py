@@ -105,3 +105,17 @@ def loaded_engine_parts(tiny_model):
     from tuneforge.models.load import load_for_inference
 
     return load_for_inference(str(tiny_model))
+
+
+def test_prompt_plus_max_tokens_beyond_the_models_context_is_a_400(tiny_served):
+    """Case 2's server half: the tiny model has 512 positions, whatever the server's own limits allow."""
+    assert tiny_served.context_length == 512
+    with running(tiny_served, max_prompt_tokens=2000, max_new_tokens=2000) as server:
+        prompt = "word " * 100
+        response = server.post("/v1/completions", {"prompt": prompt, "max_tokens": 500})
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["param"] == "max_tokens" and error["code"] == "context_length_exceeded"
+        assert "the model's context of 512 tokens" in error["message"]
+        fits = server.post("/v1/completions", {"prompt": prompt, "max_tokens": 5})
+        assert fits.status_code == 200, fits.text
