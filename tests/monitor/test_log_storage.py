@@ -108,3 +108,19 @@ def test_an_immutable_shm_file_does_not_stop_the_log(tmp_path, started):  # noqa
         assert request_log.snapshot().written == 1
     finally:
         subprocess.run(["chattr", "-i", str(shm)], check=True)
+
+
+def test_a_log_left_in_wal_mode_is_switched_to_the_rollback_journal(tmp_path, started):  # noqa: F811
+    import sqlite3
+
+    path = tmp_path / "requests.db"
+    old = sqlite3.connect(path)  # as an older tuneforge wrote it
+    assert old.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal"
+    old.close()
+    request_log = started(path)
+    request_log.submit(record("r1"))
+    assert request_log.flush(10) and request_log.snapshot().written == 1
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    check.close()
+    assert not (tmp_path / "requests.db-shm").exists() and not (tmp_path / "requests.db-wal").exists()
