@@ -353,7 +353,8 @@ BAD_CHAT_LINES = [  # (line content, the reason read_records gives for it; None:
     ("{\"messages\": [", "invalid JSON: Expecting value (column 15)"),
     (chat(("user", "q"), ("assistant", "a")), None),
     ({"messages": []}, "'messages' must be a non-empty list of messages"),
-    ({"messages": "not a list"}, "'messages': not valid JSON (Expecting value)"),
+    ({"messages": "hello"}, "'messages' must be a list of messages, got the text 'hello'"),  # issue 22 case 9
+    ({"messages": "[not json"}, "'messages': not valid JSON (Expecting value)"),
     (chat(("robot", "beep"), ("assistant", "a")), "messages[0].role: unknown role 'robot'"),
     (chat(("user", "q"), ("assistant", "a"), ("assistant", "b")), "turn 3: two assistant messages in a row"),
     (chat(("user", "q"), ("user", "q2"), ("assistant", "a")), "turn 2: two user messages in a row"),

@@ -287,3 +287,41 @@ def test_dtype_sets_the_merged_weights_dtype_and_the_tolerance(lora_run, tmp_pat
     assert result.report.max_abs_logit_diff > 1e-3  # rounding to bfloat16 shows, unlike a float32 merge
     with pytest.raises(ConfigError, match="--dtype bfloat16 applies to --merge"):
         export(ExportRequest(lora_run, tmp_path / "adapter", "adapter", dtype="bfloat16"), _console())
+
+
+def test_an_unwritable_target_is_refused_before_the_model_loads(lora_run, tmp_path, monkeypatch):
+    """Issue 22 case 8: --to under a file, with a name too long, or where nothing can be written fails at once."""
+    from tuneforge.deploy import export as export_module
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the target was checked")
+
+    monkeypatch.setattr(export_module, "load_for_inference", no_loading)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for to, message in ((blocker / "out", "is a file, so no directory"), (tmp_path / ("y" * 300), "longer than"),):
+        with pytest.raises(RunDirError, match=message):
+            export(ExportRequest(lora_run, to, "merge"), _console())
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(export_module.tempfile, "mkdtemp", refused)  # as for a non-root user in a 0555 directory
+    with pytest.raises(RunDirError, match="--to .*cannot write there \\(Permission denied\\)"):
+        export(ExportRequest(lora_run, tmp_path / "out", "merge"), _console())
+
+
+@pytest.mark.parametrize("mode", ["merge", "adapter"])
+def test_exported_files_get_the_umask_mode(lora_run, tmp_path, mode):
+    """Issue 22 case 9: model.safetensors / adapter_model.safetensors came out 0600 beside 0644 files."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        result = export(ExportRequest(lora_run, tmp_path / mode, mode, limit=1), _console())
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in result.directory.iterdir() if p.is_file()}
+    assert any(name.endswith(".safetensors") for name in modes)
+    assert set(modes.values()) == {0o644}, modes

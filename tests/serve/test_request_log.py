@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
 import threading
 import time
 from dataclasses import replace
@@ -19,7 +20,7 @@ from tests.serve.conftest import chat, gated, running, sse_payloads, wait_until
 from tests.serve.test_commands import parse
 from tuneforge.errors import ConfigError
 from tuneforge.monitor.requestlog import DEFAULT_LOG_DB, LogSettings
-from tuneforge.monitor.store import connect, read_feedback
+from tuneforge.monitor.store import connect, read_feedback, read_requests
 from tuneforge.serve import options as options_module
 from tuneforge.serve.commands import describe, options_from
 
@@ -300,3 +301,18 @@ def test_log_flags_become_options_and_the_startup_line(tiny_served, tmp_path):
         options_from(parse("m", "--log-max-rows", "0"))
     with pytest.raises(ConfigError, match="log_retention_days"):
         options_from(parse("m", "--log-retention-days", "-1"))
+
+
+def test_the_server_recreates_a_removed_log_and_reports_the_gap(tiny_served, tmp_path):
+    path = tmp_path / "logs" / "requests.db"
+    with running(tiny_served, log_db=path) as live:
+        client = live.client()
+        client.chat.completions.create(model=tiny_served.default, messages=QUESTION, max_tokens=2)
+        assert live.state.request_log.flush(10)
+        shutil.rmtree(tmp_path / "logs")
+        answer = client.chat.completions.create(model=tiny_served.default, messages=QUESTION, max_tokens=2)
+        assert live.state.request_log.flush(10)
+        assert [r.id for r in read_requests(connect(path, readonly=True))] == [answer.id]
+        assert metric(live, "tuneforge_request_log_reopened_total") == 1
+        assert metric(live, "tuneforge_request_log_lost_total") == 1
+        assert metric(live, "tuneforge_request_log_failures_total") == 1

@@ -183,7 +183,10 @@ def parse_message(obj: object, where: str, roles: dict[str, str]) -> Message:
 
 
 def message_list(value: dict, key: str, roles: dict[str, str], required: bool = True) -> tuple[Message, ...]:
-    items = structured(value.get(key), f"'{key}'")
+    raw = value.get(key)
+    if isinstance(raw, str) and raw.strip() and raw.lstrip()[0] not in "[{":  # plain text, not a JSON-encoded list
+        raise ValueError(f"'{key}' must be a list of messages, got the text {raw[:40]!r}")
+    items = structured(raw, f"'{key}'")
     if items is None and not required:
         return ()
     if isinstance(items, dict):

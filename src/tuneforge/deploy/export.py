@@ -22,6 +22,7 @@ import gc
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,8 @@ from tuneforge.models.generate import end_of_turn_ids
 from tuneforge.models.load import ModelInfo, load_causal_lm, load_for_inference, load_tokenizer, saved_model_dir
 from tuneforge.models.resolve import resolve
 from tuneforge.files import fsync_tree
+from tuneforge.train.checkpoint import umask_modes
+from tuneforge.train.run_dir import check_output_dir, nearest_existing
 
 FAILED_REPORT = "parity_failed.json"  # written into the run directory when the gate fails
 
@@ -138,12 +141,22 @@ def checked_target(to: Path, source: Path, overwrite: bool) -> Path:
     target = to.expanduser().resolve()
     if target == source or target in source.parents:
         raise RunDirError(f"--to {to}: that directory holds the model being exported; choose another directory")
+    writable_parent(target, to)
     if target.exists() and not target.is_dir():
         raise RunDirError(f"--to {to}: a file is in the way; choose a directory")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise RunDirError(f"--to {to}: the directory is not empty; pass --overwrite to replace it, "
                           "or choose a new directory")
     return target
+
+
+def writable_parent(target: Path, to: Path) -> None:
+    """RunDirError, before any model loads, unless the export can be written beside `target` and renamed into it."""
+    check_output_dir(target, label="--to")
+    try:  # the files are written into a sibling directory first: make (and remove) one there now
+        os.rmdir(tempfile.mkdtemp(prefix=f".{target.name}.probe-", dir=nearest_existing(target.parent)))
+    except OSError as exc:
+        raise RunDirError(f"--to {to}: cannot write there ({exc.strerror or exc})") from exc
 
 
 def run_root(source: Path) -> Path | None:
@@ -228,6 +241,7 @@ def write_export(mode: str, model, tokenizer, generation, info: ModelInfo, base_
         merged.generation_config = generation
         merged.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
+    umask_modes(directory)  # safetensors leaves its files 0600: a server under another user could not read them
 
 
 def load_export(directory: Path, mode: str, device: torch.device):

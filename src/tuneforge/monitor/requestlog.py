@@ -12,6 +12,15 @@ log at most once per `report_interval_s`, so a broken disk does not flood it.
 Feedback travels on the same queue and the same thread, so a feedback for a request whose record
 is still queued finds it: the queue is first in, first out, and the record is written first.
 PII redaction (`data.cleaning.redact_pii`) runs on the writer thread, off the event loop.
+
+The database file can be removed or replaced under a running server (its directory deleted by a
+cleanup job, the file rotated away). SQLite would go on writing into the unlinked file and every
+record would vanish while `written` rose; so before each batch, and again after it, the writer
+compares the path's inode with the one it opened. When they differ it closes the old connection,
+opens the path again (recreating the directory), writes the batch there (a batch that went into the
+vanished file is written again), counts a failure and a reopen, and counts as `lost` the records
+this server had written into the file that is gone. /metrics shows all three
+(tests/monitor/test_log_storage.py).
 The schema and `connect` are in monitor/store.py.
 """
 
@@ -19,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -112,6 +122,8 @@ class LogStats:
     failures: int = 0  # SQLite/OS errors caught (opening, writing, pruning, feedback)
     pruned: int = 0  # request rows deleted by retention
     queued: int = 0  # set at scrape time
+    reopened: int = 0  # times the database file was found removed or replaced, and opened again
+    lost: int = 0  # records this server had written into a database file that was then removed or replaced
 
 
 INSERT_REQUEST = ("INSERT INTO requests (id, created, endpoint, model, model_version, messages, output, outputs, "
@@ -191,16 +203,19 @@ class RequestLog:
         with self._lock:
             self.stats.dropped[reason] += n
 
-    def count(self, written: int = 0, feedback: int = 0, failures: int = 0, pruned: int = 0) -> None:
+    def count(self, written: int = 0, feedback: int = 0, failures: int = 0, pruned: int = 0, reopened: int = 0,
+              lost: int = 0) -> None:
         with self._lock:
             stats = self.stats
             stats.written, stats.feedback = stats.written + written, stats.feedback + feedback
             stats.failures, stats.pruned = stats.failures + failures, stats.pruned + pruned
+            stats.reopened, stats.lost = stats.reopened + reopened, stats.lost + lost
 
     def snapshot(self) -> LogStats:
         with self._lock:
-            return LogStats(self.stats.written, self.stats.feedback, dict(self.stats.dropped), self.stats.failures,
-                            self.stats.pruned, self._queue.qsize())
+            stats = self.stats
+            return LogStats(stats.written, stats.feedback, dict(stats.dropped), stats.failures, stats.pruned,
+                            self._queue.qsize(), stats.reopened, stats.lost)
 
     def failed(self, action: str, exc: BaseException) -> None:
         """Count and (rate-limited) report an SQLite/OS error; the request that caused it is unaffected."""
@@ -257,21 +272,45 @@ class Writer:
     def __init__(self, settings: LogSettings, owner: RequestLog):
         self.settings, self.owner = settings, owner
         self.conn: sqlite3.Connection | None = None
+        self.identity: tuple[int, int] | None = None  # (device, inode) of the file the connection has open
+        self.written_here = 0  # records written into that file
         self.open_error = ""  # why the last open failed
         self.since_prune = 0
         self.last_prune = 0.0
         self.clean = redactor(settings.redact_pii)
 
     def open(self) -> sqlite3.Connection | None:
+        self.vanished()
         if self.conn is None:
             try:
                 self.conn = connect(self.settings.path, timeout_s=self.settings.busy_timeout_s)
+                stat = os.stat(self.settings.path)
             except (sqlite3.Error, OSError) as exc:
+                self.close()
                 self.owner.failed("opening the database", exc)
                 self.open_error = f"{type(exc).__name__}: {exc}"
                 return None
+            self.identity, self.written_here = (stat.st_dev, stat.st_ino), 0
             self.prune()  # retention at start
         return self.conn
+
+    def vanished(self) -> bool:
+        """True (and the connection closed, the loss counted) when the open file is no longer at the path."""
+        if self.conn is None:
+            return False
+        try:
+            stat = os.stat(self.settings.path)
+            if (stat.st_dev, stat.st_ino) == self.identity:
+                return False
+            what = "replaced"
+        except OSError:
+            what = "removed"
+        lost = self.written_here
+        self.close()
+        self.owner.count(reopened=1, lost=lost)
+        self.owner.failed("the database file", OSError(f"it was {what} while the server ran; opening it again "
+                                                       f"({lost} record(s) written into the old file are gone)"))
+        return True
 
     def close(self) -> None:
         if self.conn is not None:
@@ -279,7 +318,7 @@ class Writer:
                 self.conn.close()
             except sqlite3.Error as exc:
                 self.owner.failed("closing the database", exc)
-            self.conn = None
+            self.conn, self.identity = None, None
 
     def handle(self, batch: list) -> bool:
         """Write a batch in queue order; True when it held the stop request."""
@@ -299,7 +338,7 @@ class Writer:
         self.write(records)
         return False
 
-    def write(self, records: list[RequestRecord]) -> None:
+    def write(self, records: list[RequestRecord], retry: bool = True) -> None:
         if not records:
             return
         try:
@@ -310,10 +349,15 @@ class Writer:
             with conn:  # one transaction: committed, or rolled back on error
                 conn.executemany(INSERT_REQUEST, rows)
         except (sqlite3.Error, OSError, LogUnavailable, ValueError, TypeError) as exc:
+            if retry and self.vanished():  # the file went away during the write: write into the new one
+                return self.write(records, retry=False)
             if not isinstance(exc, LogUnavailable):  # an open failure was already counted
                 self.owner.failed(f"writing {len(records)} request record(s)", exc)
             self.owner.count_dropped("write_failed", len(records))
             return
+        if retry and self.vanished():  # committed into a file that is gone: write the batch again
+            return self.write(records, retry=False)
+        self.written_here += len(records)
         self.owner.count(written=len(records))
         self.since_prune += len(records)
         self.maybe_prune()

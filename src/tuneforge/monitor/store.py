@@ -1,9 +1,23 @@
 """The request log's SQLite database: its schema, how it is opened (WAL), and the rows monitoring reads.
 
 One file holds what the server answered (`requests`) and what users said about it (`feedback`),
-so the monitor report, the drift check and curation read the same rows the server wrote. WAL mode
-lets `tuneforge monitor ...` read while the server writes; a busy timeout keeps a short lock from
-becoming an error. The writer (serve side) lives in monitor/requestlog.py.
+so the monitor report, the drift check and curation read the same rows the server wrote; a busy
+timeout keeps a short lock from becoming an error. The writer (serve side) lives in monitor/requestlog.py.
+
+Journal: SQLite's rollback journal (DELETE), not WAL, and no memory-mapped I/O. WAL keeps its index
+in a memory-mapped `-shm` file; when that file loses its pages under the mapping (truncated, made
+immutable, a full or vanished filesystem) the next access kills the whole server with SIGBUS
+(reproduced: a WAL writer process dies with signal 7 when its -shm is truncated), and no Python code
+can catch a signal raised by a memory access. The rollback journal is written with write(), so the
+same faults are ordinary I/O errors that the writer counts. The price, measured by
+bench/request_log_storage.py in one run (bench/RESULTS.md): about 1,750 records/s at 50 records per
+commit against WAL's 6,400 (the writer commits whatever has queued in one transaction, so a busy server
+gets the large batches), and a long read holds the writer off for up to its busy timeout. WAL with
+`locking_mode=EXCLUSIVE` maps nothing either but shuts every other process out (`tuneforge monitor`
+could not read while the server runs); a writer in another process would keep WAL at the cost of a
+process to supervise. A database left in WAL mode by an older tuneforge is switched back on open;
+while another process still holds it in WAL mode the open fails (and is counted) rather than mapping it.
+Pinned by tests/monitor/test_log_storage.py.
 """
 
 from __future__ import annotations
@@ -64,7 +78,12 @@ def connect(path: Path, readonly: bool = False, timeout_s: float = 5.0) -> sqlit
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA foreign_keys = ON")
     if not readonly:
-        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA mmap_size = 0")
+        mode = conn.execute("PRAGMA journal_mode = DELETE").fetchone()[0]
+        if mode.lower() != "delete":
+            conn.close()
+            raise sqlite3.OperationalError(f"{path} is in {mode} journal mode and another process has it open; "
+                                           "the request log does not memory-map a -shm file (see monitor/store.py)")
         conn.executescript(SCHEMA)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.commit()

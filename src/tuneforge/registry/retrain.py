@@ -108,7 +108,7 @@ def retrain_config(version: Version, curated: list[str], validation: list[str], 
                       "would be the original base model, not the version it starts from", highlight=False)
     train_section["kl_to_base"] = 0.0
     raw["output_dir"] = str(output_dir)
-    prepare_run_dir(output_dir, resume=False, overwrite=False)  # refuses a directory that holds a run
+    prepare_run_dir(output_dir, resume=False, overwrite=False, lock=False)  # refuses a directory that holds a run
     created = not output_dir.exists()
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / RUN_FILE

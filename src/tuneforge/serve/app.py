@@ -2,9 +2,10 @@
 
 One app serves a language model (chat and text completions, engine.py) or a classifier
 (/v1/classify, classifier.py), with the same guard, limits, request log, metrics and shutdown.
-The engine (or the classifier's worker) thread starts with the app and, at shutdown, drains:
-uvicorn first stops accepting connections and lets in-flight responses (streams included)
-finish, then the engine finishes whatever it still holds before the process exits.
+The engine (or the classifier's worker) thread starts with the app and, at shutdown, drains: while
+in-flight responses (streams included) finish, the server still accepts connections and answers
+/health and new completions with 503 (serve/shutdown.py); then uvicorn stops listening, and the
+engine finishes whatever it still holds before the process exits.
 """
 
 from __future__ import annotations

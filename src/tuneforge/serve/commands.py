@@ -96,17 +96,14 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
     from tuneforge.serve.app import create_app
 
     options = options_from(args)
-    loaded = load_for_serving(args, options, console)
-    if isinstance(loaded, int):  # a classifier, served by its own app until it exits
-        return loaded
-    served, target = loaded
+    served, target = load_for_serving(args, options, console)
     app = create_app(served, options, target)
     announce(served, options, target, console)
     return run_app(app, options)
 
 
 def load_for_serving(args: argparse.Namespace, options: ServeOptions, console: Console):
-    """(served, its registry target or None) as the flags say; a classifier is served here and its exit code returned."""
+    """(served: a language model or a classifier, its registry target or None) as the flags say."""
     from tuneforge.serve.served import load_served, parse_adapter_flag
 
     adapters = [parse_adapter_flag(flag) for flag in args.adapters]
@@ -148,9 +145,11 @@ def announce(served, options: ServeOptions, target, console: Console) -> None:
 def run_app(app, options: ServeOptions) -> int:
     import uvicorn
 
+    from tuneforge.serve.shutdown import DrainingServer
+
     config = uvicorn.Config(app, host=options.host, port=options.port, log_level="info",
                             timeout_graceful_shutdown=int(options.request_timeout_s) + 5)
-    uvicorn.Server(config).run()
+    DrainingServer(config, app.state.server, drain_s=options.request_timeout_s + 5).run()
     return 0
 
 

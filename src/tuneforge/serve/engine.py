@@ -12,7 +12,10 @@ adapter name per row (`__base__` for the adapter-free base), so one forward pass
 instead of switching adapters between per-adapter batches (a batch of one adapter takes the
 plain path, which is cheaper).
 
-Each row samples with its own temperature, top_p and seeded generator (decoding.py). Events go
+Each row samples with its own temperature, top_p and seeded generator (decoding.py). A request
+whose own values fail while its sequences are set up or sampled (protocol.py validates them, so
+this is the last line of defence) fails alone: its request gets the error, the rest of the batch
+goes on (tests/serve/test_isolation.py). Events go
 out through each request's `sink` (thread-safe), and a cancelled request leaves the batch at the
 next step. `batching=False` admits one request at a time: the baseline the load benchmark uses.
 The cache handling needs full-attention layers (Llama, Qwen, SmolLM ...); models with
@@ -227,6 +230,10 @@ class Engine:
             return taken
 
     def _prefill(self, requests: list[Request]) -> None:
+        built = [(r, self._sequences(r)) for r in requests]  # before the forward: a request that fails leaves
+        requests, seqs = [r for r, rows in built if rows], [s for _, rows in built for s in rows]
+        if not requests:
+            return
         self.stats.prefills += 1
         ids, mask = left_pad([r.prompt for r in requests], self.pad_id, self.device)
         cache = self.new_cache()
@@ -236,9 +243,8 @@ class Engine:
             index = torch.tensor(rows, device=self.device)
             cache.batch_select_indices(index)
             mask, logits = mask[index], logits[index]
-        seqs = [self._sequence(r, j) for r in requests for j in range(r.n)]
         self.stats.prefilled_rows += len(seqs)
-        tokens = choose_tokens(logits, [s.sampling for s in seqs], self.suppressed)
+        tokens = self._choose(logits, seqs)
         joined = Batch(seqs, cache, mask, torch.tensor(tokens, device=self.device))
         self.batch = merge(self.batch, keep_rows(joined, self._advance(seqs, tokens)))
 
@@ -252,7 +258,7 @@ class Engine:
         mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch.seqs), 1)], dim=1)
         positions = batch.mask.sum(dim=1, keepdim=True)
         logits = self._forward(batch.pending[:, None], mask, positions, batch.cache, [s.request.adapter for s in batch.seqs])
-        tokens = choose_tokens(logits, [s.sampling for s in batch.seqs], self.suppressed)
+        tokens = self._choose(logits, batch.seqs)
         batch.mask, batch.pending = mask, torch.tensor(tokens, device=self.device)
         self.batch = keep_rows(batch, self._advance(batch.seqs, tokens))
 
@@ -277,6 +283,39 @@ class Engine:
             return self.model(input_ids=ids, **kwargs).logits[:, -1]
         return self.model(input_ids=ids, adapter_names=[a or BASE_ADAPTER for a in adapters], **kwargs).logits[:, -1]
 
+    def _sequences(self, request: Request) -> list[Sequence]:
+        """The request's n sequences; none, and the request failed alone, when its values cannot be used."""
+        try:
+            return [self._sequence(request, j) for j in range(request.n)]
+        except Exception as exc:
+            self._fail_one(request, exc)
+            return []
+
+    def _choose(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+        """Each row's next token; should the batched choice fail, row by row, failing only the rows that fail."""
+        try:
+            return choose_tokens(logits, [s.sampling for s in seqs], self.suppressed)
+        except Exception:
+            tokens = []
+            for i, seq in enumerate(seqs):
+                try:
+                    tokens += choose_tokens(logits[i : i + 1], [seq.sampling], self.suppressed)
+                except Exception as exc:
+                    self._fail_one(seq.request, exc)
+                    tokens.append(self.pad_id)  # a cancelled row: _advance drops it
+            return tokens
+
+    def _fail_one(self, request: Request, exc: Exception) -> None:
+        """Fail one request (its rows leave the batch at the next step); the others go on."""
+        log.exception("a request failed alone; the rest of its batch goes on")
+        self.stats.failures += 1
+        if not request.cancelled:
+            request.cancelled = True
+            try:
+                request.sink(Failed(f"generation failed: {type(exc).__name__}: {exc}"))
+            except Exception:  # a sink that fails too: nobody can be told, and nobody else is affected
+                log.exception("could not report a failed request")
+
     def _sequence(self, request: Request, j: int) -> Sequence:
         params = request.params
         seed = None if params.seed is None else params.seed + j
@@ -290,19 +329,23 @@ class Engine:
         for i, (seq, token) in enumerate(zip(seqs, tokens)):
             if seq.request.cancelled:
                 continue
-            seq.generated += 1
-            if token in self.stop_ids:
-                reason, piece = "stop", seq.text.finish()
-            else:
-                piece = seq.text.add(token)
-                reason = "stop" if seq.text.stopped else None
-                if reason is None and seq.generated >= seq.request.params.max_tokens:
-                    reason, piece = "length", piece + seq.text.finish()
-            if piece:
-                seq.request.sink(Delta(seq.choice, piece))
-            if reason:
-                seq.request.sink(Done(seq.choice, reason, seq.generated))
-            else:
+            try:  # this row's own text and sink: a failure here fails its request alone
+                seq.generated += 1
+                if token in self.stop_ids:
+                    reason, piece = "stop", seq.text.finish()
+                else:
+                    piece = seq.text.add(token)
+                    reason = "stop" if seq.text.stopped else None
+                    if reason is None and seq.generated >= seq.request.params.max_tokens:
+                        reason, piece = "length", piece + seq.text.finish()
+                if piece:
+                    seq.request.sink(Delta(seq.choice, piece))
+                if reason:
+                    seq.request.sink(Done(seq.choice, reason, seq.generated))
+            except Exception as exc:
+                self._fail_one(seq.request, exc)
+                continue
+            if not reason:
                 keep.append(i)
         return keep
 

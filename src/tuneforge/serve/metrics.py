@@ -72,6 +72,10 @@ class RequestLogCollector:
         yield dropped
         yield CounterMetricFamily("tuneforge_request_log_failures", "Request log database errors caught (opening, "
                                   "writing, retention, feedback): locked, read-only, disk full, ...", value=stats.failures)
+        yield CounterMetricFamily("tuneforge_request_log_reopened", "Times the request log's database file was found "
+                                  "removed or replaced while serving, and opened (recreated) again", value=stats.reopened)
+        yield CounterMetricFamily("tuneforge_request_log_lost", "Records written into a request log file that was "
+                                  "then removed or replaced (no longer in the log)", value=stats.lost)
         yield CounterMetricFamily("tuneforge_request_log_pruned", "Logged requests deleted by retention (age or rows)",
                                   value=stats.pruned)
         yield GaugeMetricFamily("tuneforge_request_log_queue_depth", "Records waiting for the request log's writer",

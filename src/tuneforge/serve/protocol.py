@@ -3,6 +3,11 @@
 Requests forbid unknown fields, so a typo (`temprature`) or an OpenAI feature tuneforge does not
 implement (`tools`, `logprobs`, `response_format`) is a 400 naming the field rather than being
 silently ignored. Responses keep the OpenAI field names and types, so the `openai` package parses them.
+Every field is checked to the range the engine can honour, here, so one client's value can never
+fail inside the batch it shares with others: `seed` is an int64 as OpenAI's API documents it (torch's
+generator takes [-2**63, 2**64 - 1], and the engine adds the choice index, so int64 always fits);
+`n` and `max_tokens` are bounded by the server's limits in completions.py.
+Pinned by tests/serve/test_isolation.py.
 Feedback (POST /v1/feedback) is tuneforge's own: a rating of a logged request, by its response id;
 so is classification (POST /v1/classify): texts in, each one's label(s) and class probabilities out.
 """
@@ -17,6 +22,9 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt, fiel
 from pydantic_core import PydanticCustomError
 
 MAX_TEXTS = 256  # per classify request; more get 400 (send them in several requests)
+
+
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # int64, as in OpenAI's API reference
 
 
 class Strict(BaseModel):
@@ -54,7 +62,7 @@ class SamplingFields(Strict):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None  # accepted for compatibility; not used

@@ -6,6 +6,16 @@ at any moment leaves `latest` pointing at a complete checkpoint.  Besides the mo
 optimizer, scheduler, RNG states and the data position, which is all a resumed run needs
 to produce the same losses as one that was never interrupted.
 
+Each checkpoint holds `manifest.json`: the size and SHA-256 digest of every other file in it, written
+before the rename.  `--resume` verifies the checkpoint it picks (`resumable_checkpoint`) and, when a
+file is missing, truncated or altered, falls back to the newest intact one and says which and why;
+a checkpoint written before manifests existed is still resumed after lighter checks (its files are
+there, state.json parses).  Pinned by tests/train/test_checkpoint_verify.py.
+
+safetensors writes its files through a temporary file, so they come out 0600 whatever the umask;
+`save_model` gives them the mode every other file gets (0644 under the usual umask), so a server
+running as another user can read the weights.
+
 A checkpoint does not depend on the number of processes that wrote it: the weights and optimizer
 state are whole (gathered from FSDP shards when sharded), the data position counts batches of the
 epoch order, and rng.pt holds one RNG state per rank (a resumed rank takes its own, or rank 0's).
@@ -13,6 +23,7 @@ epoch order, and rng.pt holds one RNG state per rank (a resumed rank takes its o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -29,6 +40,8 @@ from tuneforge.models.load import ModelInfo
 
 LATEST = "latest"
 STATE = "state.json"
+MANIFEST = "manifest.json"
+TRAINING_FILES = ("optimizer.pt", "scheduler.pt", "rng.pt", STATE)  # besides the model directory
 
 
 @dataclass
@@ -52,6 +65,16 @@ def save_model(model, tokenizer, info: ModelInfo, directory: Path, weights: dict
     model.save_pretrained(directory, **({"state_dict": weights} if weights is not None else {}))
     tokenizer.save_pretrained(directory)
     info.write(directory)
+    umask_modes(directory)
+
+
+def umask_modes(directory: Path) -> None:
+    """Give every file the mode a new file gets under this process's umask (safetensors leaves 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in directory.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o666 & ~mask)
 
 
 def save_checkpoint(
@@ -64,7 +87,7 @@ def save_checkpoint(
     root = checkpoint_root(run_dir)
     name = checkpoint_name(state.step)
     final = root / name
-    if final.is_dir() and (final / STATE).is_file():
+    if final.is_dir() and (final / STATE).is_file() and verify_checkpoint(final) is None:
         return final  # already saved at this step (e.g. an interrupt right after a scheduled save)
     tmp = root / f".tmp-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -73,7 +96,8 @@ def save_checkpoint(
     torch.save(optimizer_state if optimizer_state is not None else optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(rng if rng is not None else [rng_states()], tmp / "rng.pt")
-    (tmp / STATE).write_text(json.dumps(asdict(state), indent=2))  # written last: marks completeness
+    (tmp / STATE).write_text(json.dumps(asdict(state), indent=2))
+    (tmp / MANIFEST).write_text(json.dumps(manifest_of(tmp), indent=1))
     fsync_tree(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -96,6 +120,78 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
             return candidate
     complete = sorted(p for p in root.glob("step-*") if (p / STATE).is_file()) if root.is_dir() else []
     return complete[-1] if complete else None
+
+
+def resumable_checkpoint(run_dir: Path, say=print) -> Path | None:
+    """The checkpoint to resume from: the newest intact one, starting with the one `latest` names.
+
+    Each damaged checkpoint passed over is reported through `say` with what is wrong with it; when
+    checkpoints exist but none is intact, RunDirError (resuming from step 0 silently would lose the run).
+    """
+    from tuneforge.errors import RunDirError
+
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return None
+    pointer = root / LATEST
+    named = pointer.read_text().strip() if pointer.is_file() else None
+    candidates = sorted((p for p in root.glob("step-*") if p.is_dir()), reverse=True)
+    candidates.sort(key=lambda p: p.name != named)  # the named one first, then newest first
+    problems = []
+    for candidate in candidates:
+        problem = verify_checkpoint(candidate)
+        if problem is None:
+            if problems:
+                say(f"resuming from {candidate.name}, the newest intact checkpoint, instead")
+            return candidate
+        problems.append(f"{candidate.name}: {problem}")
+        say(f"checkpoint {candidate} is damaged ({problem}); skipping it")
+    if problems:
+        raise RunDirError(f"no intact checkpoint in {root} to resume from: " + "; ".join(problems)
+                          + ". Start the run again with --overwrite")
+    return None
+
+
+def manifest_of(directory: Path) -> dict:
+    """{relative path: {size, sha256}} of every file under `directory` (the manifest itself excepted)."""
+    files = {}
+    for path in sorted(directory.rglob("*")):
+        if path.is_file() and path.name != MANIFEST:
+            with path.open("rb") as handle:
+                digest = hashlib.file_digest(handle, "sha256").hexdigest()
+            files[path.relative_to(directory).as_posix()] = {"size": path.stat().st_size, "sha256": digest}
+    return {"version": 1, "files": files}
+
+
+def verify_checkpoint(checkpoint: Path) -> str | None:
+    """What is wrong with a checkpoint (a missing, truncated or altered file), or None when it is intact."""
+    manifest_path = checkpoint / MANIFEST
+    if manifest_path.is_file():
+        try:
+            files = json.loads(manifest_path.read_text())["files"]
+        except (ValueError, KeyError, TypeError) as exc:
+            return f"{MANIFEST} is unreadable ({exc})"
+        for name, expected in files.items():
+            path = checkpoint / name
+            if not path.is_file():
+                return f"{name} is missing"
+            size = path.stat().st_size
+            if size != expected["size"]:
+                return f"{name} is {size} bytes, the manifest says {expected['size']}"
+            with path.open("rb") as handle:
+                if hashlib.file_digest(handle, "sha256").hexdigest() != expected["sha256"]:
+                    return f"{name} does not match its SHA-256 digest in the manifest"
+    else:  # written before manifests: the files must be there and the state must parse
+        for name in TRAINING_FILES:
+            if not (checkpoint / name).is_file() or (checkpoint / name).stat().st_size == 0:
+                return f"{name} is missing or empty"
+        if not (checkpoint / "model").is_dir():
+            return "model/ is missing"
+    try:
+        read_state(checkpoint)
+    except (ValueError, TypeError) as exc:
+        return f"{STATE} is unreadable ({exc})"
+    return None
 
 
 def read_state(checkpoint: Path) -> TrainState:

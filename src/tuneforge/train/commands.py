@@ -7,6 +7,7 @@ config's pydantic) are imported inside the run functions, so `tuneforge --help` 
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from rich.console import Console
@@ -73,12 +74,19 @@ def run_train(args, console: Console) -> int:
     result = train(config, resume=args.resume, overwrite=args.overwrite, console=console)
     if result.interrupted_by:
         console.print(f"stopped by {result.interrupted_by} at step {result.state.step}/{result.total_steps}; "
-                      f"checkpoint saved. Continue with: tuneforge train {args.config} --resume")
+                      f"checkpoint saved. Continue with: {continue_command('train', args.config, args.overrides)}",
+                      highlight=False, markup=False, soft_wrap=True)
         return INTERRUPT_EXIT[result.interrupted_by]
     console.print(f"done: {result.state.step} steps; run directory {result.run_dir}")
     for line in kind.closing(result):
         console.print(line)
     return 0
+
+
+def continue_command(command: str, config: Path, overrides: list[str]) -> str:
+    """The command that resumes a stopped run: with the --set overrides it was started with, quoted for a shell."""
+    sets = [f"--set {shlex.quote(item)}" for item in overrides]
+    return " ".join(["tuneforge", command, shlex.quote(str(config)), *sets, "--resume"])
 
 
 def run_tune(args, console: Console) -> int:
@@ -91,7 +99,8 @@ def run_tune(args, console: Console) -> int:
                   source=args.config)
     if result.interrupted_by:
         console.print(f"search stopped by {result.interrupted_by}: {result.finished}/{result.trials} trials "
-                      f"finished. Continue with: tuneforge tune {args.config} --resume")
+                      f"finished. Continue with: {continue_command('tune', args.config, args.overrides)}",
+                      highlight=False, markup=False, soft_wrap=True)
         return INTERRUPT_EXIT[result.interrupted_by]
     if result.best_config:
         console.print(f"train the best: tuneforge train {result.best_config}")

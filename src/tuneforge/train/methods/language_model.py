@@ -33,6 +33,7 @@ from tuneforge.data.replay import encode_mix, replay_mix
 from tuneforge.evaluate import before_after
 from tuneforge.evaluate.evaluator import forgetting_warning
 from tuneforge.evaluate.loss import validation_loss
+from tuneforge.models.limits import check_max_seq_length
 from tuneforge.models.load import load_for_inference
 from tuneforge.models.tokenizer import training_tokenizer
 from tuneforge.train import checkpoint as ckpt
@@ -77,6 +78,7 @@ class LanguageModelMethod:
     def load(self, checkpoint: Path | None) -> torch.nn.Module:
         cfg = self.config.train
         with self.accelerator.main_process_first():
+            check_max_seq_length(self.config.model.name, cfg.max_seq_length)
             self.tokenizer, self.stop_ids = training_tokenizer(self.config.model.name, self.config.data.template)
             self.data = prepare(self.config.data, self.tokenizer, self.stop_ids, cfg.max_seq_length, cfg.seed)
         if self.task.plain_text_only:
