@@ -216,10 +216,10 @@ def test_serve_command_serves_a_classifier_run_on_the_main_app(trained_bert, mon
     import uvicorn
 
     from tuneforge.errors import ConfigError
-    from tuneforge.serve.commands import add_serve_parser, run_serve
+    from tuneforge.serve.commands import add_parsers, run_serve
 
     parser = argparse.ArgumentParser()
-    add_serve_parser(parser.add_subparsers(dest="command"))
+    add_parsers(parser.add_subparsers(dest="command"))
     run = str(trained_bert.run_dir)
     started = []
     monkeypatch.setattr(uvicorn.Server, "run", lambda server: started.append(server.config.app))

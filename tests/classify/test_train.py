@@ -40,8 +40,8 @@ def test_encoder_full_fine_tune_learns_and_saves_its_label_mapping(trained_bert)
     assert min(mean(train[i : i + 5]) for i in range(len(train) - 4)) < 0.6 * mean(train[:5])
     evals = losses(run, "eval_loss")
     assert min(evals[1:]) < evals[0]
-    assert trained_bert.split == "test"
-    assert trained_bert.tuned["accuracy"] > trained_bert.base["accuracy"]
+    assert trained_bert.outcome.split == "test"
+    assert trained_bert.outcome.tuned["accuracy"] > trained_bert.outcome.base["accuracy"]
 
     final = run / "final"
     info = json.loads((final / "tuneforge.json").read_text())
