@@ -12,6 +12,7 @@ for `--rounds` rounds and printing medians, so the load of a shared machine hits
   (no early stop), for one conversation and a batch of 8: generated tokens/s.
 
     PYTHONPATH=src .venv/bin/python bench/engine_speed.py --base /work/wt/speed-base --threads 1
+    PYTHONPATH=src .venv/bin/python bench/engine_speed.py --parts agreement --max-tokens 64
 """
 
 from __future__ import annotations
@@ -57,6 +58,38 @@ def generate_worker(args) -> None:
     print("RESULT " + json.dumps(rates))
 
 
+def agreement(args) -> None:
+    """How often bf16 decoding gives the fp32 greedy reply, token for token, and how far the two agree."""
+    import copy
+
+    import torch
+
+    from tuneforge.models.generate import render_prompt, stop_token_ids
+    from tuneforge.models.load import load_for_inference
+    from tuneforge.models.packed import for_decoding
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    model, tokenizer = load_for_inference(args.model)
+    bf16 = for_decoding(copy.deepcopy(model), "bfloat16")
+    sys.path.insert(0, str(HERE))
+    from serve_load import PROMPTS
+
+    questions = QUESTIONS + PROMPTS
+    same, prefixes = 0, []
+    for question in dict.fromkeys(questions):
+        ids = tokenizer(render_prompt(tokenizer, [{"role": "user", "content": question}]), return_tensors="pt",
+                        add_special_tokens=False)
+        kwargs = dict(max_new_tokens=args.max_tokens, do_sample=False, eos_token_id=stop_token_ids(model, tokenizer),
+                      pad_token_id=tokenizer.pad_token_id)
+        with torch.inference_mode():
+            a = model.generate(**ids, **kwargs)[0, ids["input_ids"].shape[1]:].tolist()
+            b = bf16.generate(**ids, **kwargs)[0, ids["input_ids"].shape[1]:].tolist()
+        same += a == b
+        prefixes.append(next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b))))
+    print(f"bf16 vs fp32 greedy, {len(prefixes)} prompts, up to {args.max_tokens} tokens: {same} identical replies; "
+          f"tokens agreeing before the first difference: median {statistics.median(prefixes):g}, min {min(prefixes)}")
+
+
 def run(tree: Path, argv: list[str]) -> str:
     env = {**os.environ, "PYTHONPATH": str(tree / "src")}
     done = subprocess.run([sys.executable, *argv], cwd=tree, env=env, capture_output=True, text=True)
@@ -98,7 +131,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", type=Path, help="a checkout of the base commit (its src/ and bench/)")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="ours runs in each of these")
-    parser.add_argument("--parts", default="serve,generate")
+    parser.add_argument("--parts", default="serve,generate", help="serve, generate, or agreement (bf16 against "
+                        "fp32 greedy replies, ours only)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of each serve_load run")
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -109,6 +143,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         return generate_worker(args)
+    if "agreement" in args.parts:
+        return agreement(args)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     ours = HERE.parent
