@@ -9,7 +9,10 @@ for `--rounds` rounds and printing medians, so the load of a shared machine hits
 - serve: that checkout's own `bench/serve_load.py` (streaming openai clients, batching on), for 1
   and 8 clients: output tokens/s and time to first token. Ours runs once per `--dtypes` entry.
 - generate: `models/generate.py`'s `generate_completions`, greedy, a fixed number of new tokens
-  (no early stop), for one conversation and a batch of 8: generated tokens/s.
+  (no early stop), for one conversation and a batch of 8: generated tokens/s; then the serving
+  engine without HTTP (serve/engine.py), 1 and 8 greedy requests at once. Each also per CPU-second
+  of the measuring process (one torch thread: the work a token costs, less sensitive than wall
+  time to what else the shared machine runs).
 
     PYTHONPATH=src .venv/bin/python bench/engine_speed.py --base /work/wt/speed-base --threads 1
     PYTHONPATH=src .venv/bin/python bench/engine_speed.py --parts agreement --max-tokens 64
@@ -52,10 +55,39 @@ def generate_worker(args) -> None:
     generate_completions(model, tokenizer, conversations[:1], Sampling(max_new_tokens=4))  # warm up
     rates = {}
     for batch in (1, 8):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         generate_completions(model, tokenizer, conversations[:batch], sampling, batch_size=batch)
-        rates[f"generate batch {batch}"] = batch * args.max_tokens / (time.perf_counter() - started)
+        rates[f"generate {batch} tok/s"] = batch * args.max_tokens / (time.perf_counter() - started)
+        rates[f"generate {batch} tok/CPU-s"] = batch * args.max_tokens / (time.process_time() - cpu)
+    rates |= engine_rates(model, tokenizer, conversations, args)
     print("RESULT " + json.dumps(rates))
+
+
+def engine_rates(model, tokenizer, conversations, args) -> dict[str, float]:
+    """The serving engine without HTTP: 1 and 8 greedy requests submitted at once, tokens/s and per CPU-second."""
+    import threading
+
+    from tuneforge.models.generate import render_prompt
+    from tuneforge.serve.engine import Done, Engine, Request, SamplingParams
+
+    engine = Engine(model, tokenizer)
+    engine.start()
+    prompts = [tokenizer.encode(render_prompt(tokenizer, c), add_special_tokens=False) for c in conversations]
+    model.generation_config.min_new_tokens = None
+    rates = {}
+    for clients in (1, 8):
+        finished = threading.Semaphore(0)
+        before, started, cpu = engine.stats.generated_tokens, time.perf_counter(), time.process_time()
+        for prompt in prompts[:clients]:
+            sink = lambda event: finished.release() if isinstance(event, Done) else None  # noqa: E731
+            engine.submit(Request(prompt, SamplingParams(max_tokens=args.max_tokens, temperature=0), sink))
+        for _ in range(clients):
+            finished.acquire()
+        tokens = engine.stats.generated_tokens - before
+        rates[f"engine {clients} tok/s"] = tokens / (time.perf_counter() - started)
+        rates[f"engine {clients} tok/CPU-s"] = tokens / (time.process_time() - cpu)
+    engine.shutdown()
+    return rates
 
 
 def agreement(args) -> None:
@@ -105,8 +137,7 @@ def serve_figures(tree: Path, dtype: str | None, clients: int, args) -> dict[str
     argv += ["--dtype", dtype] if dtype else []  # the base's serve_load has no --dtype: it decodes in float32
     line = next(row for row in run(tree, argv).splitlines() if row.startswith("batching on"))
     fields = line.split()  # batching on REQUESTS ERRORS REQ/S TOK/S TTFT50 ...
-    return {f"serve {clients} client{'s' * (clients > 1)} tok/s": float(fields[5]),
-            f"serve {clients} TTFT p50 s": float(fields[6].rstrip("s"))}
+    return {f"serve {clients} tok/s": float(fields[5]), f"serve {clients} TTFT p50 s": float(fields[6].rstrip("s"))}
 
 
 def generate_figures(tree: Path, dtype: str, args) -> dict[str, float]:
@@ -165,12 +196,12 @@ def report(results: dict[str, list[dict[str, float]]]) -> None:
     medians = {label: {k: statistics.median(r[k] for r in rounds) for k in rounds[0]} for label, rounds in results.items()}
     keys = list(next(iter(medians.values())))
     print(f"\nmedians of {len(next(iter(results.values())))} rounds")
-    print(f"{'':<16}" + "".join(f"{k:>26}" for k in keys))
+    print(f"{'':<16}" + "".join(f"{k:>21}" for k in keys))
     base = medians.get("base float32")
     for label, figures in medians.items():
-        print(f"{label:<16}" + "".join(f"{figures[k]:>26.2f}" for k in keys))
+        print(f"{label:<16}" + "".join(f"{figures[k]:>21.2f}" for k in keys))
         if base and label != "base float32":
-            print(f"{'  / base':<16}" + "".join(f"{figures[k] / base[k]:>25.2f}x" for k in keys))
+            print(f"{'  / base':<16}" + "".join(f"{figures[k] / base[k]:>20.2f}x" for k in keys))
 
 
 if __name__ == "__main__":
