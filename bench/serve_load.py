@@ -9,7 +9,7 @@ close their streams and the server cancels what is left. Output tokens are those
 generated in that window (exact, partly finished answers included), requests/s and latencies
 count the requests that finished in it.
 
-    .venv/bin/python bench/serve_load.py --clients 8 --duration 45 [--threads 1]
+    .venv/bin/python bench/serve_load.py --clients 8 --duration 45 [--threads 1] [--dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -112,7 +112,8 @@ def run_mode(served, batching: bool, args) -> dict:
     from tuneforge.serve.options import ServeOptions
 
     options = ServeOptions(port=free_port(), batching=batching, max_batch_size=args.max_batch_size,
-                           max_new_tokens=max(args.max_tokens, 16), max_concurrent=max(64, args.clients))
+                           max_new_tokens=max(args.max_tokens, 16), max_concurrent=max(64, args.clients),
+                           dtype=args.dtype)
     server, thread, engine = start_server(served, options)
     try:
         results, wall, tokens = asyncio.run(load(f"http://127.0.0.1:{options.port}/v1", served.default, args, engine))
@@ -140,6 +141,7 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--modes", default="on,off", help="on, off or on,off")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice, one per core)")
+    parser.add_argument("--dtype", default="float32", help="decoding dtype: float32 or bfloat16 (tuneforge serve --dtype)")
     args = parser.parse_args()
 
     import torch
@@ -151,7 +153,7 @@ def main() -> None:
 
     served = load_served(args.model)
     device = next(served.model.parameters()).device
-    print(f"model {served.default} on {device} ({torch.get_num_threads()} threads); {args.clients} streaming clients, "
+    print(f"model {served.default} on {device} ({torch.get_num_threads()} threads, {args.dtype}); {args.clients} streaming clients, "
           f"{args.duration:g} s per mode, max_tokens {args.max_tokens}, temperature {args.temperature}")
     rows = [run_mode(served, mode == "on", args) for mode in args.modes.split(",")]
     header = (f"{'mode':<14}{'requests':>9}{'errors':>7}{'req/s':>8}{'out tok/s':>11}{'TTFT p50':>10}{'TTFT p95':>10}"

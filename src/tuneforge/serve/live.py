@@ -32,6 +32,7 @@ from tuneforge.registry.store import (
 )
 from tuneforge.serve.engine import Engine, EngineStats
 from tuneforge.serve.options import ServeOptions
+from tuneforge.models.packed import for_decoding
 from tuneforge.serve.served import Served, load_served
 
 log = logging.getLogger("tuneforge.serve")
@@ -113,6 +114,7 @@ def load_target(target: RegistryTarget, adapters: list[tuple[str, str]] = ()) ->
 
 
 def new_engine(served: Served, options: ServeOptions) -> Engine:
+    served.model = for_decoding(served.model, options.dtype)  # each swapped-in version too
     return Engine(served.model, served.tokenizer, options.max_batch_size, options.batching)
 
 

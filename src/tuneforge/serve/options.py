@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuneforge.models.packed import DECODE_DTYPES
 from tuneforge.monitor.requestlog import DEFAULT_LOG_DB, LogSettings
 
 API_KEYS_ENV = "TUNEFORGE_API_KEYS"  # comma-separated; added to any --api-key given
@@ -22,6 +23,7 @@ class ServeOptions:
     request_timeout_s: float = 300.0  # a request still unanswered after this gets 503 and is cancelled
     max_batch_size: int = 16  # sequences decoded together in one forward pass
     batching: bool = True  # False: one request at a time (the baseline the load benchmark compares with)
+    dtype: str = "float32"  # the weights' dtype while decoding: float32 (exact) or bfloat16 (models/packed.py)
     max_body_bytes: int = 1 << 20  # larger request bodies get 413
     # The request log (monitor/requestlog.py). None: nothing is logged; `tuneforge serve` logs to
     # DEFAULT_LOG_DB in the current directory unless --no-log, so only the CLI's default writes a file.
@@ -38,6 +40,8 @@ class ServeOptions:
         for name in ("max_prompt_tokens", "max_new_tokens", "max_concurrent", "max_batch_size", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.dtype not in DECODE_DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DECODE_DTYPES)}, got {self.dtype!r}")
         if self.request_timeout_s <= 0:
             raise ValueError(f"request_timeout_s must be positive, got {self.request_timeout_s}")
         if self.log_db is not None:
