@@ -40,7 +40,7 @@ def run_prepare(args, console: Console) -> int:
 
     config = load_config(args.config, args.overrides)
     from tuneforge.data.prepare import describe, prepare  # torch, transformers
-    from tuneforge.models.tokenizer import training_tokenizer
+    from tuneforge.models.tokenizer import training_tokenizer  # transformers
 
     tokenizer, stop_ids = training_tokenizer(config.model.name, config.data.template)
     prepared = prepare(config.data, tokenizer, stop_ids, config.train.max_seq_length, config.train.seed)
