@@ -24,7 +24,9 @@ def test_every_command_names_the_function_that_runs_it():
     assert {("data", "inspect"), ("data", "prepare"), ("models", "list"), ("models", "import"),
             ("models", "register"), ("monitor", "drift")} <= set(leaves)
     for words, parser in leaves.items():
-        assert callable(parser.get_default("run")), f"tuneforge {' '.join(words)} sets no run function"
+        assert callable(parser.get_default("func")), f"tuneforge {' '.join(words)} sets no function to run it"
+        # an argument of that name would replace the function (as `models register RUN` would a `run` default)
+        assert all(action.dest != "func" for action in parser._actions), f"tuneforge {' '.join(words)}"
 
 
 def test_help_imports_neither_torch_nor_pydantic():

@@ -27,7 +27,7 @@ def add_parsers(commands) -> None:
         sub.add_argument("--max-new-tokens", type=int, default=256)
         sub.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily")
         sub.add_argument("--top-p", type=float, default=1.0)
-        sub.set_defaults(run=run_chat)
+        sub.set_defaults(func=run_chat)
 
 
 def run_chat(args, console: Console) -> int:

@@ -1,8 +1,9 @@
 """The `tuneforge` command: the top-level parser, each package's subcommands, and dispatch. No logic lives here.
 
-Each package adds its own subcommands with `add_parsers(commands)` and sets `run` on each to the
-function that runs it, `run(args, console) -> exit status`; main() parses, calls it, and turns a
-TuneforgeError into exit status 2 and Ctrl-C outside training into 130.  The registration modules
+Each package adds its own subcommands with `add_parsers(commands)` and sets `func` on each (argparse's
+`set_defaults(func=...)` idiom; not `run`, which `models register RUN` and `export RUN` take as an
+argument) to the function that runs it, `func(args, console) -> exit status`; main() parses, calls
+it, and turns a TuneforgeError into exit status 2 and Ctrl-C outside training into 130.  The registration modules
 import nothing heavy at the top (torch, transformers, pydantic), so `tuneforge --help` stays fast.
 """
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
     try:
-        return args.run(args, console)
+        return args.func(args, console)
     except TuneforgeError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 2

@@ -24,7 +24,7 @@ def add_parsers(commands) -> None:
     inspect.add_argument("--template", help="tokenizer (default), chatml, llama3 or alpaca")
     inspect.add_argument("--max-seq-length", type=int, help="flag records longer than this (default 1024)")
     inspect.add_argument("--report", type=Path, metavar="DIR", help="also write DIR/index.html with PNG charts")
-    inspect.set_defaults(run=run_inspect)
+    inspect.set_defaults(func=run_inspect)
     prep = data_commands.add_parser(
         "prepare", help="validate, clean, tokenize and cache a run's data",
         description="Validate, clean, split and tokenize the data a run file names, into a cache keyed by the "
@@ -32,7 +32,7 @@ def add_parsers(commands) -> None:
     prep.add_argument("config", type=Path, metavar="RUN.yaml")
     prep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config value (repeatable)")
-    prep.set_defaults(run=run_prepare)
+    prep.set_defaults(func=run_prepare)
 
 
 def run_prepare(args, console: Console) -> int:
@@ -40,7 +40,7 @@ def run_prepare(args, console: Console) -> int:
 
     config = load_config(args.config, args.overrides)
     from tuneforge.data.prepare import describe, prepare  # torch, transformers
-    from tuneforge.models.tokenizer import training_tokenizer
+    from tuneforge.models.tokenizer import training_tokenizer  # transformers
 
     tokenizer, stop_ids = training_tokenizer(config.model.name, config.data.template)
     prepared = prepare(config.data, tokenizer, stop_ids, config.train.max_seq_length, config.train.seed)

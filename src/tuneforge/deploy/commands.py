@@ -23,7 +23,7 @@ def add_parsers(commands) -> None:
         "golden prompts (the run's validation data) as the run's model does: logits within a tolerance (float32), "
         "identical greedy replies, ending at the end-of-turn token. An export that fails is not written; exits 3 "
         "and says why. DIR also gets README.md (model card) and parity.json.")
-    export.set_defaults(run=run_export)
+    export.set_defaults(func=run_export)
     export.add_argument("run", type=Path, metavar="RUN", help="a run directory or a checkpoint directory")
     export.add_argument("--to", type=Path, required=True, metavar="DIR", help="the export directory (new or empty)")
     mode = export.add_mutually_exclusive_group(required=True)

@@ -38,7 +38,7 @@ def add_parsers(commands) -> None:
     evaluate.add_argument("--limit", type=int, help="evaluate the first N records only")
     evaluate.add_argument("--max-new-tokens", type=int)
     evaluate.add_argument("--batch-size", type=int)
-    evaluate.set_defaults(run=run_eval)
+    evaluate.set_defaults(func=run_eval)
 
     compare = commands.add_parser(
         "compare", help="models side by side on the same examples",
@@ -52,7 +52,7 @@ def add_parsers(commands) -> None:
     compare.add_argument("--out", type=Path, default=Path("compare-results"), help="where summary.json and examples.jsonl go")
     compare.add_argument("--max-new-tokens", type=int, default=64)
     compare.add_argument("--limit", type=int, help="the first N records only")
-    compare.set_defaults(run=run_compare)
+    compare.set_defaults(func=run_compare)
 
 
 def run_eval(args, console: Console) -> int:

@@ -18,12 +18,12 @@ from tuneforge.models import catalog
 def add_parsers(models_commands) -> None:
     """`list` and `import` under `tuneforge models`, each run by the function of its name."""
     listing = models_commands.add_parser("list", help="show embedded and cached models, and registered versions")
-    listing.set_defaults(run=run_list)
+    listing.set_defaults(func=run_list)
     imp = models_commands.add_parser("import", help="import a GGUF file into the model cache",
                                      description="Dequantize a GGUF file once into a cached safetensors model "
                                      "directory, which later loads in seconds.")
     imp.add_argument("path", type=Path, metavar="PATH.gguf")
-    imp.set_defaults(run=run_import)
+    imp.set_defaults(func=run_import)
 
 
 def run_list(args: argparse.Namespace, console: Console) -> int:

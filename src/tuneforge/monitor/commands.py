@@ -62,7 +62,7 @@ def add_monitor(commands) -> None:
         description="Traffic over time, latency and time-to-first-token percentiles, error rate by status, token "
         "usage, feedback rate and approval, per model version and overall, as terminal tables; --out DIR also "
         "writes DIR/index.html with PNG charts and DIR/report.json.")
-    report.set_defaults(run=run_report)
+    report.set_defaults(func=run_report)
     add_window(report)
     report.add_argument("--out", type=Path, metavar="DIR", help="also write DIR/index.html, charts and report.json")
     from tuneforge.monitor.drift import DEFAULT_THRESHOLDS
@@ -76,7 +76,7 @@ def add_monitor(commands) -> None:
         "Each signal's drift score is its production score minus the score of same-size samples of the training "
         "prompts held out from the rest, so small samples are not flagged for being small. Exits 3 when a signal "
         "is flagged.")
-    drift.set_defaults(run=run_drift)
+    drift.set_defaults(func=run_drift)
     add_window(drift)
     drift.add_argument("--data", action="append", default=[], metavar="TRAIN_FILE",
                        help="training data: a file, folder or glob (repeatable)")
@@ -96,7 +96,7 @@ def add_curate(commands) -> None:
         "rejected answer with a correction also becomes a preference pair in FILE's .preference.jsonl sibling. "
         "PII is redacted, duplicates of the --train data and of each other are dropped, and FILE.manifest.json "
         "lists each record's source requests and what was skipped, and why. Exits 1 when nothing was curated.")
-    curate.set_defaults(run=run_curate)
+    curate.set_defaults(func=run_curate)
     add_window(curate)
     curate.add_argument("--out", type=Path, required=True, metavar="FILE.jsonl", help="the curated chat records")
     curate.add_argument("--train", action="append", default=[], metavar="FILE",

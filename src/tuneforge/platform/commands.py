@@ -42,7 +42,7 @@ def add_parsers(commands) -> None:
                       f"used (default {DEFAULT_CAPACITY})")
     jobs.add_argument("--platform-dir", type=Path, metavar="DIR",
                       help="where files, runs and platform.db live (default $TUNEFORGE_HOME/platform)")
-    platform.set_defaults(run=run_platform)
+    platform.set_defaults(func=run_platform)
 
 
 def run_platform(args: argparse.Namespace, console: Console) -> int:

@@ -60,7 +60,7 @@ def add_retrain(commands) -> None:
                          help="override a key of the new run file, e.g. train.max_steps=50 (repeatable)")
     retrain.add_argument("--no-promote", action="store_true",
                          help="register the new version as staging even if it wins")
-    retrain.set_defaults(run=run_retrain)
+    retrain.set_defaults(func=run_retrain)
 
 
 def add_models(commands) -> None:
@@ -70,7 +70,7 @@ def add_models(commands) -> None:
     model_commands.add_parsers(models_commands)  # list, import
     listing = models_commands.choices["list"]
     registry_option(listing)
-    listing.set_defaults(run=run_list)
+    listing.set_defaults(func=run_list)
 
     register = models_commands.add_parser(
         "register", help="add a finished run to the model registry",
@@ -96,7 +96,7 @@ def add_models(commands) -> None:
     back.add_argument("alias", nargs="?", default="production", metavar="ALIAS")
     for parser in (register, show, promote, back):
         registry_option(parser)
-        parser.set_defaults(run=run_registry)
+        parser.set_defaults(func=run_registry)
 
 
 def registry_option(parser: argparse.ArgumentParser) -> None:

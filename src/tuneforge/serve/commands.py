@@ -30,7 +30,7 @@ def add_parsers(commands) -> None:
         "model under its own name; --adapter adds more adapters, each addressable by name. registry:ALIAS (e.g. "
         "registry:production) serves the version a registry alias names, under the alias, and follows promote and "
         "rollback without a restart. Ctrl-C or SIGTERM finishes the requests in flight, then exits.")
-    serve.set_defaults(run=run_serve)
+    serve.set_defaults(func=run_serve)
     add_serve_arguments(serve)
 
 

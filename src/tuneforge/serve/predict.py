@@ -25,7 +25,7 @@ def add_parsers(commands) -> None:
         "final/ or a checkpoint). Writes one JSON line per text: its source (file:line), the label (or, multi-label, "
         "the labels at the threshold) and every class's probability. When the records carry labels too, prints "
         "accuracy and macro-F1.")
-    predict.set_defaults(run=run_predict)
+    predict.set_defaults(func=run_predict)
     predict.add_argument("model", metavar="MODEL_OR_RUN")
     predict.add_argument("file", type=Path, metavar="FILE",
                          help="JSONL, JSON, CSV/TSV or Parquet records with a 'text' field; or .txt, one text a line")

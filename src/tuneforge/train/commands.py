@@ -35,7 +35,7 @@ def add_parsers(commands) -> None:
                        help="train in N processes (DDP; one per GPU on CUDA, gloo on CPU); the batch per step "
                        "becomes batch_size x grad_accum x N. Same as: accelerate launch --multi_gpu --num_processes N "
                        "-m tuneforge.cli train ..., or torchrun --nproc-per-node N -m tuneforge.cli train ...")
-    train.set_defaults(run=run_train)
+    train.set_defaults(func=run_train)
 
     search = commands.add_parser(
         "tune",
@@ -51,7 +51,7 @@ def add_parsers(commands) -> None:
                         help="override a config value, e.g. train.max_steps=20 (repeatable)")
     search.add_argument("--resume", action="store_true", help="continue the search in output_dir")
     search.add_argument("--overwrite", action="store_true", help="replace an existing search in output_dir")
-    search.set_defaults(run=run_tune)
+    search.set_defaults(func=run_tune)
 
 
 def run_train(args, console: Console) -> int:
