@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from tuneforge.errors import ConfigError
+from tuneforge.models.dtypes import DECODE_DTYPES
 from tuneforge.models.load import native_bf16
 
-DECODE_DTYPES = ("float32", "bfloat16")
 
 
 def can_pack(device: torch.device) -> bool:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from tuneforge.platform.defaults import LOADED_MODELS
 from tuneforge.paths import home
 from tuneforge.platform.db import Database
 from tuneforge.platform.events import EventLog
@@ -26,7 +27,7 @@ from tuneforge.platform.runner import Runner, RunnerSettings
 from tuneforge.platform.service import Jobs
 from tuneforge.serve.app import create_app
 from tuneforge.serve.engine import BASE_ADAPTER
-from tuneforge.serve.extra import DEFAULT_CAPACITY, ExtraModels
+from tuneforge.serve.extra import ExtraModels
 from tuneforge.serve.options import ServeOptions
 from tuneforge.serve.served import Served
 
@@ -40,7 +41,7 @@ class PlatformOptions:
     root: Path | None = None  # default: TUNEFORGE_HOME/platform
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     runner: RunnerSettings = RunnerSettings()
-    max_loaded_models: int = DEFAULT_CAPACITY  # fine-tuned models kept loaded at once (least recently used goes)
+    max_loaded_models: int = LOADED_MODELS  # fine-tuned models kept loaded at once (least recently used goes)
 
     def __post_init__(self) -> None:
         if self.max_upload_bytes < 1 or self.max_loaded_models < 1:

@@ -8,11 +8,7 @@ from pathlib import Path
 from rich.console import Console
 
 from tuneforge.errors import ConfigError
-from tuneforge.platform.files import DEFAULT_MAX_UPLOAD_BYTES
-from tuneforge.platform.runner import RunnerSettings
-from tuneforge.serve.extra import DEFAULT_CAPACITY
-
-DEFAULTS = RunnerSettings()
+from tuneforge.platform.defaults import GRACE_S, LOADED_MODELS, MAX_CONCURRENT_JOBS, MAX_UPLOAD_BYTES
 
 
 def add_parsers(commands) -> None:
@@ -30,16 +26,16 @@ def add_parsers(commands) -> None:
         "key sees only its own files, jobs and fine-tuned models. See docs/platform.md.")
     add_serve_arguments(platform)
     jobs = platform.add_argument_group("fine-tuning jobs")
-    jobs.add_argument("--max-concurrent-jobs", type=int, default=DEFAULTS.max_concurrent, metavar="N",
-                      help=f"jobs training at once; the rest wait in the queue (default {DEFAULTS.max_concurrent})")
-    jobs.add_argument("--job-grace", type=float, default=DEFAULTS.grace_s, metavar="SECONDS",
+    jobs.add_argument("--max-concurrent-jobs", type=int, default=MAX_CONCURRENT_JOBS, metavar="N",
+                      help=f"jobs training at once; the rest wait in the queue (default {MAX_CONCURRENT_JOBS})")
+    jobs.add_argument("--job-grace", type=float, default=GRACE_S, metavar="SECONDS",
                       help="cancel, pause and shutdown send SIGTERM (checkpoint and stop), then SIGKILL after this "
-                      f"(default {DEFAULTS.grace_s:g})")
-    jobs.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_BYTES / 2**20, metavar="MB",
-                      help=f"larger uploads get 413 (default {DEFAULT_MAX_UPLOAD_BYTES >> 20})")
-    jobs.add_argument("--max-loaded-models", type=int, default=DEFAULT_CAPACITY, metavar="N",
+                      f"(default {GRACE_S:g})")
+    jobs.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_BYTES / 2**20, metavar="MB",
+                      help=f"larger uploads get 413 (default {MAX_UPLOAD_BYTES >> 20})")
+    jobs.add_argument("--max-loaded-models", type=int, default=LOADED_MODELS, metavar="N",
                       help="fine-tuned models kept in memory at once; asking for another unloads the least recently "
-                      f"used (default {DEFAULT_CAPACITY})")
+                      f"used (default {LOADED_MODELS})")
     jobs.add_argument("--platform-dir", type=Path, metavar="DIR",
                       help="where files, runs and platform.db live (default $TUNEFORGE_HOME/platform)")
     platform.set_defaults(func=run_platform)
@@ -47,7 +43,8 @@ def add_parsers(commands) -> None:
 
 def run_platform(args: argparse.Namespace, console: Console) -> int:
     from tuneforge.models.classifier import is_classifier
-    from tuneforge.platform.app import PlatformOptions, create_platform_app, platform_home
+    from tuneforge.platform.app import PlatformOptions, create_platform_app, platform_home  # torch, FastAPI
+    from tuneforge.platform.runner import RunnerSettings
     from tuneforge.registry.store import registry_path
     from tuneforge.serve.commands import announce, load_for_serving, options_from, run_app
 

@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from tuneforge.platform.defaults import MAX_UPLOAD_BYTES
 from tuneforge.data.readers import READABLE
 from tuneforge.platform.db import Database, new_id, page
 from tuneforge.serve.errors import ApiError
 
 UPLOAD_PURPOSES = ("fine-tune",)
 RESULTS_PURPOSE = "fine-tune-results"
-DEFAULT_MAX_UPLOAD_BYTES = 512 << 20
+DEFAULT_MAX_UPLOAD_BYTES = MAX_UPLOAD_BYTES
 UNFINISHED = ("validating_files", "queued", "running", "paused")
 
 

@@ -31,6 +31,7 @@ from typing import IO
 
 import yaml
 
+from tuneforge.platform.defaults import GRACE_S, MAX_CONCURRENT_JOBS
 from tuneforge.models.load import MODEL_INFO
 from tuneforge.platform.events import EventLog, MetricsTail
 from tuneforge.platform.files import FileStore
@@ -49,8 +50,8 @@ PR_SET_PDEATHSIG = 1
 
 @dataclass(frozen=True)
 class RunnerSettings:
-    max_concurrent: int = 1
-    grace_s: float = 30.0  # SIGTERM, then SIGKILL after this
+    max_concurrent: int = MAX_CONCURRENT_JOBS
+    grace_s: float = GRACE_S  # SIGTERM, then SIGKILL after this
     poll_s: float = 0.5
     registry: Path | None = None  # where succeeded jobs' models are registered; None: not registered
     python: str = sys.executable

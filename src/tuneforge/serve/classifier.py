@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 from tuneforge.models.classifier import Classifier, classifier_dir, load_classifier
 from tuneforge.serve.engine import EngineClosed
-from tuneforge.serve.protocol import MAX_TEXTS, ModelCard, now
+from tuneforge.serve.options import MAX_TEXTS
+from tuneforge.serve.protocol import ModelCard, now
 
 log = logging.getLogger("tuneforge.serve")
 

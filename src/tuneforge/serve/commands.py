@@ -9,10 +9,8 @@ from rich.console import Console
 
 from tuneforge.dashboard.settings import DEFAULT_RUNS_ROOT
 from tuneforge.errors import ConfigError
-from tuneforge.models.packed import DECODE_DTYPES
 from tuneforge.monitor.requestlog import DEFAULT_LOG_DB
-from tuneforge.serve.options import API_KEYS_ENV, ServeOptions, api_keys_from
-from tuneforge.serve.protocol import MAX_TEXTS
+from tuneforge.serve.options import API_KEYS_ENV, DECODE_DTYPES, MAX_TEXTS, ServeOptions, api_keys_from
 
 DEFAULTS = ServeOptions()
 

@@ -6,8 +6,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuneforge.models.packed import DECODE_DTYPES
+from tuneforge.models.dtypes import DECODE_DTYPES
 from tuneforge.monitor.requestlog import DEFAULT_LOG_DB, LogSettings
+
+MAX_TEXTS = 256  # per classify request; more get 400 (send them in several requests)
 
 API_KEYS_ENV = "TUNEFORGE_API_KEYS"  # comma-separated; added to any --api-key given
 

@@ -21,7 +21,8 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt, field_validator
 from pydantic_core import PydanticCustomError
 
-MAX_TEXTS = 256  # per classify request; more get 400 (send them in several requests)
+from tuneforge.serve.options import MAX_TEXTS
+
 
 
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # int64, as in OpenAI's API reference
