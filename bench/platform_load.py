@@ -9,7 +9,8 @@ clients stream chat answers from the base model back to back, all through the of
 package, for as long as the job trains. A job's tokens/s is the training loop's own figure for the
 whole run (train_tokens_per_s at its last step: tokens trained / seconds of the loop), so model
 loading and data preparation are not in it. Prints the requests made, the failures (any error
-counts), the poll and chat latencies, and the job's tokens/s under load beside its tokens/s alone.
+counts), the poll and chat latencies, the CPU time the server and the bench's own clients used during the load
+(they share the machine with the job), and the job's tokens/s under load beside its tokens/s alone.
 
     .venv/bin/python bench/platform_load.py [--steps 30] [--server-threads 1] [--job-threads 1]
 """
@@ -17,6 +18,8 @@ counts), the poll and chat latencies, and the job's tokens/s under load beside i
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -127,7 +130,7 @@ def finished_speed(client: openai.OpenAI, job_id: str) -> float:
     return max(events, key=lambda e: e.data["step"]).data["tokens_per_s"]
 
 
-def under_load(base_url: str, file_id: str, args) -> tuple[float, Tally, Tally, float]:
+def under_load(base_url: str, file_id: str, args, server_pid: int) -> tuple[float, Tally, Tally, float, float, float]:
     client = openai.OpenAI(base_url=base_url, api_key="bench", max_retries=0, timeout=600)
     job_id = create_job(client, file_id, args)
     while (status := client.fine_tuning.jobs.retrieve(job_id).status) != "running":
@@ -141,14 +144,23 @@ def under_load(base_url: str, file_id: str, args) -> tuple[float, Tally, Tally, 
                for i in range(args.pollers)]
     threads += [threading.Thread(target=chatter, args=(clients[args.pollers + i], args.model, i, stop, chats,
                                                        args.max_tokens)) for i in range(args.chats)]
-    started = time.monotonic()
+    started, server_cpu = time.monotonic(), cpu_seconds(server_pid)
+    clients_cpu = resource.getrusage(resource.RUSAGE_SELF)
     for thread in threads:
         thread.start()
     speed = finished_speed(client, job_id)
     stop.set()
     for thread in threads:
         thread.join()
-    return speed, polls, chats, time.monotonic() - started
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    clients_cpu = used.ru_utime + used.ru_stime - clients_cpu.ru_utime - clients_cpu.ru_stime
+    return speed, polls, chats, time.monotonic() - started, cpu_seconds(server_pid) - server_cpu, clients_cpu
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (the server's threads, not its job's child process)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], q: int) -> float:
@@ -178,7 +190,7 @@ def main() -> None:
             client = openai.OpenAI(base_url=base_url, api_key="bench", max_retries=0, timeout=600)
             file_id = client.files.create(file=args.data.open("rb"), purpose="fine-tune").id
             alone_before = finished_speed(client, create_job(client, file_id, args))
-            loaded, polls, chats, wall = under_load(base_url, file_id, args)
+            loaded, polls, chats, wall, server_cpu, clients_cpu = under_load(base_url, file_id, args, server.pid)
             alone_after = finished_speed(client, create_job(client, file_id, args))
         finally:
             server.terminate()
@@ -191,6 +203,8 @@ def main() -> None:
           f"p50 {pct(polls.latencies, 50) * 1000:.0f} ms, p95 {pct(polls.latencies, 95) * 1000:.0f} ms")
     print(f"streaming chats: {len(chats.latencies)} answered, {len(chats.errors)} failed; "
           f"p50 {pct(chats.latencies, 50):.2f} s, p95 {pct(chats.latencies, 95):.2f} s")
+    print(f"CPU during the load: server {server_cpu:.0f} s ({server_cpu / wall:.2f} cores), the bench's clients "
+          f"{clients_cpu:.0f} s ({clients_cpu / wall:.2f} cores), on the same machine as the job")
     for error in (polls.errors + chats.errors)[:10]:
         print("  " + error)
     print(f"job tokens/s: alone {alone_before:.0f} (before) and {alone_after:.0f} (after), mean {alone:.0f}; "
