@@ -117,12 +117,17 @@ def create_job(client: openai.OpenAI, file_id: str, args) -> str:
                                           hyperparameters={"batch_size": 4}, extra_body={"tuneforge": run}).id
 
 
-def finished_speed(client: openai.OpenAI, job_id: str) -> float:
+def finished_speed(client: openai.OpenAI, job_id: str, cpu: list[float] | None = None, root: Path | None = None
+                   ) -> float:
+    """The loop's tokens/s of a job, once it succeeded; `cpu` gets its process's mean CPU share (cores)."""
+    sampler = JobCPU(root, job_id) if root is not None else None
     while True:
         job = client.fine_tuning.jobs.retrieve(job_id)
         if job.status in ("succeeded", "failed", "cancelled"):
             break
         time.sleep(1)
+    if sampler is not None and cpu is not None:
+        cpu.append(sampler.cores())
     if job.status != "succeeded":
         raise SystemExit(f"job {job_id} {job.status}: {job.error}")
     events = [e for e in client.fine_tuning.jobs.list_events(job_id, limit=1000) if e.type == "metrics"
@@ -130,7 +135,7 @@ def finished_speed(client: openai.OpenAI, job_id: str) -> float:
     return max(events, key=lambda e: e.data["step"]).data["tokens_per_s"]
 
 
-def under_load(base_url: str, file_id: str, args, server_pid: int) -> tuple[float, Tally, Tally, float, float, float]:
+def under_load(base_url: str, file_id: str, args, server_pid: int, root: Path, cpu: list[float]) -> tuple[float, Tally, Tally, float, float, float]:
     client = openai.OpenAI(base_url=base_url, api_key="bench", max_retries=0, timeout=600)
     job_id = create_job(client, file_id, args)
     while (status := client.fine_tuning.jobs.retrieve(job_id).status) != "running":
@@ -148,7 +153,7 @@ def under_load(base_url: str, file_id: str, args, server_pid: int) -> tuple[floa
     clients_cpu = resource.getrusage(resource.RUSAGE_SELF)
     for thread in threads:
         thread.start()
-    speed = finished_speed(client, job_id)
+    speed = finished_speed(client, job_id, cpu, root)
     stop.set()
     for thread in threads:
         thread.join()
@@ -161,6 +166,36 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process (the server's threads, not its job's child process)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class JobCPU:
+    """Samples the CPU time of a job's training process (found by its run file) while it lives: its share of the CPU."""
+
+    def __init__(self, root: Path, job_id: str):
+        self.run_file = str(root / "runs" / job_id / "run.yaml").encode()
+        self.first: tuple[float, float] | None = None
+        self.last: tuple[float, float] | None = None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+        self.thread.start()
+
+    def sample(self) -> None:
+        pid = None
+        while not self.stop.wait(0.5):
+            try:
+                pid = pid or next(p for p in map(int, filter(str.isdigit, os.listdir("/proc")))
+                                  if self.run_file in Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0"))
+                reading = (time.monotonic(), cpu_seconds(pid))
+            except (StopIteration, OSError):
+                continue
+            self.first, self.last = self.first or reading, reading
+
+    def cores(self) -> float:
+        self.stop.set()
+        self.thread.join()
+        if not self.first or self.last[0] <= self.first[0]:
+            return float("nan")
+        return (self.last[1] - self.first[1]) / (self.last[0] - self.first[0])
 
 
 def pct(values: list[float], q: int) -> float:
@@ -189,9 +224,11 @@ def main() -> None:
             base_url = f"http://127.0.0.1:{port}/v1"
             client = openai.OpenAI(base_url=base_url, api_key="bench", max_retries=0, timeout=600)
             file_id = client.files.create(file=args.data.open("rb"), purpose="fine-tune").id
-            alone_before = finished_speed(client, create_job(client, file_id, args))
-            loaded, polls, chats, wall, server_cpu, clients_cpu = under_load(base_url, file_id, args, server.pid)
-            alone_after = finished_speed(client, create_job(client, file_id, args))
+            cpu: list[float] = []  # the job process's CPU share: alone, under load, alone
+            alone_before = finished_speed(client, create_job(client, file_id, args), cpu, root)
+            loaded, polls, chats, wall, server_cpu, clients_cpu = under_load(base_url, file_id, args, server.pid, root,
+                                                                             cpu)
+            alone_after = finished_speed(client, create_job(client, file_id, args), cpu, root)
         finally:
             server.terminate()
             server.wait(120)
@@ -209,6 +246,8 @@ def main() -> None:
         print("  " + error)
     print(f"job tokens/s: alone {alone_before:.0f} (before) and {alone_after:.0f} (after), mean {alone:.0f}; "
           f"under load {loaded:.0f}: {100 * (1 - loaded / alone):.0f}% lower")
+    print(f"the job process's CPU share (cores, over its life): alone {cpu[0]:.2f} and {cpu[2]:.2f}, under load "
+          f"{cpu[1]:.2f}")
 
 
 if __name__ == "__main__":
