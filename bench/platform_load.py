@@ -9,7 +9,8 @@ clients stream chat answers from the base model back to back, all through the of
 package, for as long as the job trains. A job's tokens/s is the training loop's own figure for the
 whole run (train_tokens_per_s at its last step: tokens trained / seconds of the loop), so model
 loading and data preparation are not in it. Prints the requests made, the failures (any error
-counts), the poll and chat latencies, and the job's tokens/s under load beside its tokens/s alone.
+counts), the poll and chat latencies, the CPU time the server and the bench's own clients used during the load
+(they share the machine with the job), and the job's tokens/s under load beside its tokens/s alone.
 
     .venv/bin/python bench/platform_load.py [--steps 30] [--server-threads 1] [--job-threads 1]
 """
@@ -17,6 +18,8 @@ counts), the poll and chat latencies, and the job's tokens/s under load beside i
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -114,12 +117,17 @@ def create_job(client: openai.OpenAI, file_id: str, args) -> str:
                                           hyperparameters={"batch_size": 4}, extra_body={"tuneforge": run}).id
 
 
-def finished_speed(client: openai.OpenAI, job_id: str) -> float:
+def finished_speed(client: openai.OpenAI, job_id: str, cpu: list[float] | None = None, root: Path | None = None
+                   ) -> float:
+    """The loop's tokens/s of a job, once it succeeded; `cpu` gets its process's mean CPU share (cores)."""
+    sampler = JobCPU(root, job_id) if root is not None else None
     while True:
         job = client.fine_tuning.jobs.retrieve(job_id)
         if job.status in ("succeeded", "failed", "cancelled"):
             break
         time.sleep(1)
+    if sampler is not None and cpu is not None:
+        cpu.append(sampler.cores())
     if job.status != "succeeded":
         raise SystemExit(f"job {job_id} {job.status}: {job.error}")
     events = [e for e in client.fine_tuning.jobs.list_events(job_id, limit=1000) if e.type == "metrics"
@@ -127,7 +135,7 @@ def finished_speed(client: openai.OpenAI, job_id: str) -> float:
     return max(events, key=lambda e: e.data["step"]).data["tokens_per_s"]
 
 
-def under_load(base_url: str, file_id: str, args) -> tuple[float, Tally, Tally, float]:
+def under_load(base_url: str, file_id: str, args, server_pid: int, root: Path, cpu: list[float]) -> tuple[float, Tally, Tally, float, float, float]:
     client = openai.OpenAI(base_url=base_url, api_key="bench", max_retries=0, timeout=600)
     job_id = create_job(client, file_id, args)
     while (status := client.fine_tuning.jobs.retrieve(job_id).status) != "running":
@@ -141,14 +149,53 @@ def under_load(base_url: str, file_id: str, args) -> tuple[float, Tally, Tally, 
                for i in range(args.pollers)]
     threads += [threading.Thread(target=chatter, args=(clients[args.pollers + i], args.model, i, stop, chats,
                                                        args.max_tokens)) for i in range(args.chats)]
-    started = time.monotonic()
+    started, server_cpu = time.monotonic(), cpu_seconds(server_pid)
+    clients_cpu = resource.getrusage(resource.RUSAGE_SELF)
     for thread in threads:
         thread.start()
-    speed = finished_speed(client, job_id)
+    speed = finished_speed(client, job_id, cpu, root)
     stop.set()
     for thread in threads:
         thread.join()
-    return speed, polls, chats, time.monotonic() - started
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    clients_cpu = used.ru_utime + used.ru_stime - clients_cpu.ru_utime - clients_cpu.ru_stime
+    return speed, polls, chats, time.monotonic() - started, cpu_seconds(server_pid) - server_cpu, clients_cpu
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (the server's threads, not its job's child process)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class JobCPU:
+    """Samples the CPU time of a job's training process (found by its run file) while it lives: its share of the CPU."""
+
+    def __init__(self, root: Path, job_id: str):
+        self.run_file = str(root / "runs" / job_id / "run.yaml").encode()
+        self.first: tuple[float, float] | None = None
+        self.last: tuple[float, float] | None = None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+        self.thread.start()
+
+    def sample(self) -> None:
+        pid = None
+        while not self.stop.wait(0.5):
+            try:
+                pid = pid or next(p for p in map(int, filter(str.isdigit, os.listdir("/proc")))
+                                  if self.run_file in Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0"))
+                reading = (time.monotonic(), cpu_seconds(pid))
+            except (StopIteration, OSError):
+                continue
+            self.first, self.last = self.first or reading, reading
+
+    def cores(self) -> float:
+        self.stop.set()
+        self.thread.join()
+        if not self.first or self.last[0] <= self.first[0]:
+            return float("nan")
+        return (self.last[1] - self.first[1]) / (self.last[0] - self.first[0])
 
 
 def pct(values: list[float], q: int) -> float:
@@ -177,9 +224,11 @@ def main() -> None:
             base_url = f"http://127.0.0.1:{port}/v1"
             client = openai.OpenAI(base_url=base_url, api_key="bench", max_retries=0, timeout=600)
             file_id = client.files.create(file=args.data.open("rb"), purpose="fine-tune").id
-            alone_before = finished_speed(client, create_job(client, file_id, args))
-            loaded, polls, chats, wall = under_load(base_url, file_id, args)
-            alone_after = finished_speed(client, create_job(client, file_id, args))
+            cpu: list[float] = []  # the job process's CPU share: alone, under load, alone
+            alone_before = finished_speed(client, create_job(client, file_id, args), cpu, root)
+            loaded, polls, chats, wall, server_cpu, clients_cpu = under_load(base_url, file_id, args, server.pid, root,
+                                                                             cpu)
+            alone_after = finished_speed(client, create_job(client, file_id, args), cpu, root)
         finally:
             server.terminate()
             server.wait(120)
@@ -191,10 +240,14 @@ def main() -> None:
           f"p50 {pct(polls.latencies, 50) * 1000:.0f} ms, p95 {pct(polls.latencies, 95) * 1000:.0f} ms")
     print(f"streaming chats: {len(chats.latencies)} answered, {len(chats.errors)} failed; "
           f"p50 {pct(chats.latencies, 50):.2f} s, p95 {pct(chats.latencies, 95):.2f} s")
+    print(f"CPU during the load: server {server_cpu:.0f} s ({server_cpu / wall:.2f} cores), the bench's clients "
+          f"{clients_cpu:.0f} s ({clients_cpu / wall:.2f} cores), on the same machine as the job")
     for error in (polls.errors + chats.errors)[:10]:
         print("  " + error)
     print(f"job tokens/s: alone {alone_before:.0f} (before) and {alone_after:.0f} (after), mean {alone:.0f}; "
           f"under load {loaded:.0f}: {100 * (1 - loaded / alone):.0f}% lower")
+    print(f"the job process's CPU share (cores, over its life): alone {cpu[0]:.2f} and {cpu[2]:.2f}, under load "
+          f"{cpu[1]:.2f}")
 
 
 if __name__ == "__main__":

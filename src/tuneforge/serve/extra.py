@@ -8,7 +8,8 @@ live.py). Concurrent first requests for one model share a single load.
 
 A catalog decides who may see a model (`owner`: the caller's key id, serve/auth.py); a model the
 caller may not see is answered exactly as one that does not exist (404 model_not_found), even when
-it is loaded for another caller. tests/platform/test_openai_client.py pins both.
+it is loaded for another caller. tests/serve/test_extra_models.py pins the loading, the LRU and the
+visibility; tests/platform/test_openai_client.py the same through the API.
 """
 
 from __future__ import annotations
