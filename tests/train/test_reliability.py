@@ -183,12 +183,12 @@ def test_saved_weights_get_the_umask_mode_like_every_other_file(run_file):
 def test_the_resume_hint_keeps_the_set_overrides(run_file, monkeypatch, capsys):
     """Case 9: the command printed after SIGTERM dropped the --set overrides the run was started with."""
     from tuneforge import cli
-    from tuneforge.train import loop
+    from tuneforge.train import driver
 
     def stopped_by_sigterm(config, **kwargs):
-        return loop.TrainResult(config.output_dir, ckpt.TrainState(step=2), 6, "SIGTERM", None, None)
+        return driver.TrainResult(config.output_dir, ckpt.TrainState(step=2), 6, "SIGTERM", None, None)
 
-    monkeypatch.setattr(loop, "train", stopped_by_sigterm)
+    monkeypatch.setattr(driver, "train", stopped_by_sigterm)
     path = run_file()
     code = cli.main(["train", str(path), "--set", "train.learning_rate=1e-4", "--set", "eval.gates=[\"f1 >= 0.5\"]"])
     assert code == 143
