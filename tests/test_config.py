@@ -130,4 +130,5 @@ def test_config_imports_only_the_layers_below_it():
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert {name.strip("' ") for name in loaded.strip("[]\n").split(",")} == {
         "tuneforge", "tuneforge.errors", "tuneforge.paths", "tuneforge.config", "tuneforge.config.gates",
-        "tuneforge.config.load", "tuneforge.config.metric_names", "tuneforge.config.rules", "tuneforge.config.schema"}
+        "tuneforge.config.load", "tuneforge.config.metric_names", "tuneforge.config.rewards", "tuneforge.config.rules",
+        "tuneforge.config.schema"}

@@ -61,7 +61,8 @@ def test_a_tiny_model_learns_a_toy_reward(grpo_config, one_thread):
     result = train(config)
     rewards = [r["train_reward"] for r in metrics(result.run_dir) if "train_reward" in r]
     assert len(rewards) == 12
-    assert sum(rewards[-3:]) / 3 >= sum(rewards[:3]) / 3 + 0.15, rewards
+    print("train_reward per step:", [round(r, 3) for r in rewards])
+    assert sum(rewards[-3:]) / 3 >= sum(rewards[:3]) / 3 + 0.2, rewards
     summary = json.loads((result.run_dir / "eval" / "summary.json").read_text())
     assert "held-out mean reward" in summary and "held-out pass rate" in summary
     logged = metrics(result.run_dir)[1]

@@ -180,7 +180,7 @@ def start_fits_the_run(config: RunConfig) -> None:
 
 
 def grpo_settings_need_grpo(config: RunConfig) -> None:
-    if config.task != "grpo" and (config.rewards or "grpo" in config.model_fields_set):
+    if config.task != "grpo" and (config.rewards or config.grpo != type(config.grpo)()):
         raise ValueError("rewards and grpo apply to task: grpo (set task: grpo, or remove them)")
 
 
