@@ -4,8 +4,6 @@ TRL-style rewards used unchanged; bad rewards fail naming the reward and the pro
 from __future__ import annotations
 
 import json
-import time
-
 import pytest
 import torch
 import yaml
@@ -54,18 +52,21 @@ def metrics(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_a_tiny_model_learns_a_toy_reward(grpo_config, one_thread):
-    from tuneforge.train.driver import train
+def test_a_tiny_model_learns_a_toy_reward(grpo_config, tmp_path, one_thread, capsys):
+    from tuneforge.cli import main
 
-    config = grpo_config()
-    result = train(config)
-    rewards = [r["train_reward"] for r in metrics(result.run_dir) if "train_reward" in r]
+    config = grpo_config()  # written to tmp_path/run.yaml; trained through the CLI
+    assert main(["train", str(tmp_path / "run.yaml")]) == 0
+    assert "held-out mean reward: before" in capsys.readouterr().err
+    run_dir = config.output_dir
+    assert (run_dir / "reward_curves.png").is_file() and (run_dir / "eval" / "heldout_tuned.jsonl").is_file()
+    rewards = [r["train_reward"] for r in metrics(run_dir) if "train_reward" in r]
     assert len(rewards) == 12
     print("train_reward per step:", [round(r, 3) for r in rewards])
     assert sum(rewards[-3:]) / 3 >= sum(rewards[:3]) / 3 + 0.2, rewards
-    summary = json.loads((result.run_dir / "eval" / "summary.json").read_text())
+    summary = json.loads((run_dir / "eval" / "summary.json").read_text())
     assert "held-out mean reward" in summary and "held-out pass rate" in summary
-    logged = metrics(result.run_dir)[1]
+    logged = metrics(run_dir)[1]
     for key in ("train_reward_std", "train_reward_even_tokens", "train_no_signal_groups", "train_completion_length",
                 "train_clip_fraction"):
         assert key in logged

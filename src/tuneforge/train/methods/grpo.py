@@ -18,7 +18,7 @@ Statistics per step (logged as train_<name>): each reward's mean and std, the to
 groups with no signal (every answer scored the same: advantages 0), answer length, the share of
 answers cut at max_new_tokens, clip fraction and KL.  Held-out prompts are answered greedily before
 and after training and scored with the same rewards (evaluate/reward_eval.py), beside the
-general-ability check shared with SFT (train/methods/general_check.py).
+general-ability check shared with SFT (train/methods/general_check.py); the curves go to reward_curves.png.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from tuneforge.models.rollout import Rollout, sample_groups
 from tuneforge.models.tokenizer import training_tokenizer
 from tuneforge.train import checkpoint as ckpt
 from tuneforge.train.method import PRIMARY, Batch, LossTerms, StepPlan
+from tuneforge.train.metrics import plot_rewards
 from tuneforge.train.methods.general_check import check_base, check_tuned
 from tuneforge.train.methods.language_model import untouched
 from tuneforge.train.policy_loss import answer_log_probs, clipped_objective, group_advantages
@@ -210,6 +211,7 @@ class GRPOMethod:
 
     def finish(self, model, eval_loss: tuple[float | None, float | None]):
         """Held-out rewards of the tuned model beside the base's; the general check; the summary table."""
+        plot_rewards(self.run_dir, [r.name for r in self.rewards])
         model.eval()
         measures: dict[str, tuple[float | None, float | None]] = {}
         base = read_base(self.run_dir)
