@@ -70,6 +70,7 @@ class GRPOMethod:
         self.sets = before_after.probe_sets(config.eval)
         self.general_text = before_after.general_text(config.eval)
         self.generated: dict[tuple[int, ...], Generated] = {}
+        self.groups, self.silent_groups = 0, 0  # groups sampled, and those whose answers all scored the same
 
     # --- data and model -----------------------------------------------------------------------------
 
@@ -147,6 +148,7 @@ class GRPOMethod:
                        [r.completion_ids for r in answers], s.reward_timeout_s)
         totals = torch.tensor(scores.total, dtype=torch.float32).view(len(rows), s.num_generations)
         advantages, no_signal = group_advantages(totals, s.scale_rewards)
+        self.groups, self.silent_groups = self.groups + len(rows), self.silent_groups + int(no_signal.sum())
         batch = rollout_tensors(answers, advantages.flatten(), tokenizer.pad_token_id)
         batch["rollout_stats"] = torch.tensor(self.rollout_stats(scores, no_signal, answers, seconds),
                                               dtype=torch.float64)
@@ -212,6 +214,10 @@ class GRPOMethod:
     def finish(self, model, eval_loss: tuple[float | None, float | None]):
         """Held-out rewards of the tuned model beside the base's; the general check; the summary table."""
         plot_rewards(self.run_dir, [r.name for r in self.rewards])
+        if self.groups:
+            self.console.print(f"groups with no signal (every answer scored the same, advantages 0): "
+                               f"{self.silent_groups} of {self.groups} ({self.silent_groups / self.groups:.0%}); "
+                               "train_no_signal_groups in metrics.jsonl has them per step")
         model.eval()
         measures: dict[str, tuple[float | None, float | None]] = {}
         base = read_base(self.run_dir)
