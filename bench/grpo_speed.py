@@ -16,7 +16,8 @@ Measured in each child: the time at the end of every optimizer step (tuneforge: 
 callback; TRL: `TrainerCallback.on_step_end`); steps/s over steps 2..N (step 1 is warm-up);
 generated tokens/s = the answer tokens of steps 2..N (each trainer's own mean answer length per step
 x answers per step: tuneforge's train_completion_length, TRL's completions/mean_length) over the same
-span; peak RSS = the child's ru_maxrss (imports and model load included).
+span; peak RSS = the child's ru_maxrss (imports and model load included).  --threads N sets torch's CPU
+threads in both (tuneforge's train.threads, torch.set_num_threads before TRL loads the model).
 
     python bench/grpo_speed.py                      # 8 steps each, 4 prompts x 8 answers, 48 new tokens
     python bench/grpo_speed.py --steps 4 --prompts 16 --batch 2 --generations 4 --max-new-tokens 32
@@ -51,7 +52,8 @@ def run_tuneforge(args, workdir: Path) -> dict:
     overrides = [f"data.train={data}", "data.validation=[]", "eval.general_check=false", "checkpoint.every_steps=null",
                  f"train.max_steps={args.steps}", f"train.batch_size={args.batch}", "train.warmup_steps=0",
                  f"grpo.num_generations={args.generations}", f"grpo.max_new_tokens={args.max_new_tokens}",
-                 f"output_dir={workdir / 'run'}", f"model.dtype={'auto' if args.precision == 'bf16' else 'float32'}"]
+                 f"output_dir={workdir / 'run'}", f"model.dtype={'auto' if args.precision == 'bf16' else 'float32'}",
+                 f"train.threads={args.threads or 'null'}"]
     config = load_config(ROOT / "configs" / "grpo-quickstart.yaml", overrides)
     ends: list[float] = []
     train(config, overwrite=True, stop=lambda state: ends.append(time.monotonic()) and False)
@@ -76,6 +78,8 @@ def run_trl(args, workdir: Path) -> dict:
     model_dir = resolve("embedded:smollm2-135m-instruct")
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -121,6 +125,8 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    parser.add_argument("--threads", type=int, help="torch CPU threads in both trainers (default: one per core); "
+                        "1 on a CPU shared with other busy processes, where threads wait on each other")
     parser.add_argument("--worker", choices=["tuneforge", "trl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
