@@ -100,6 +100,7 @@ def run_trl(args, workdir: Path) -> dict:
         learning_rate=3e-4, lr_scheduler_type="constant", max_grad_norm=1.0, beta=0.0, num_iterations=1,
         loss_type="dapo", scale_rewards="group", reward_weights=[0.5, 1.0], logging_steps=1, save_strategy="no",
         report_to="none", bf16=args.precision == "bf16", disable_dropout=True, seed=42, steps_per_generation=1,
+        use_cpu=not torch.cuda.is_available(), gradient_checkpointing=False,  # tuneforge's default: off
     )
     peft = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = GRPOTrainer(model=model, reward_funcs=[rewards.answer_format, rewards.correct_answer], args=config,
@@ -142,6 +143,7 @@ def main() -> None:
         if line is None:
             sys.exit(f"{worker} failed:\n{output.stderr[-3000:]}")
         results[worker] = json.loads(line[7:])
+        print(f"{worker}: {results[worker]}", flush=True)
     print(f"GRPO, SmolLM2-135M-Instruct, LoRA r16, {args.precision}, {args.steps} steps of {args.batch} prompts x "
           f"{args.generations} answers, <= {args.max_new_tokens} new tokens")
     print(f"{'':12}{'steps/s':>10}{'gen tok/s':>12}{'answer len':>12}{'peak RSS MB':>13}")
