@@ -22,3 +22,7 @@ class ModelError(TuneforgeError):
 
 class RunDirError(TuneforgeError):
     """The output directory conflicts with the request (existing run, nothing to resume)."""
+
+
+class RewardError(TuneforgeError):
+    """A reward function or grader raised, timed out, or returned something that is not one score per answer."""

@@ -31,6 +31,7 @@ def check_rules(config: RunConfig) -> None:
     TASK_RULES[config.task](config)
     start_fits_the_run(config)
     kl_needs_adapter_and_replay(config)
+    grpo_settings_need_grpo(config)
 
 
 def metric_key(name: str) -> str:
@@ -86,10 +87,33 @@ def pretrain_rules(config: RunConfig) -> None:
             object.__setattr__(config.data, key, True)
 
 
+GRPO_BEST_METRICS = ("reward", "pass_rate")
+
+
+def grpo_rules(config: RunConfig) -> None:
+    """task: grpo: prompt records scored by at least one reward; the best checkpoint by held-out reward."""
+    classify_section_unused(config)
+    if not config.rewards:
+        raise ValueError("rewards task: grpo learns from rewards: list at least one (a function or a grader)")
+    unused = [("data.replay", config.data.replay is not None), ("data.packing", config.data.packing),
+              ("train.kl_to_base", config.train.kl_to_base > 0), ("data.split_long_texts", config.data.split_long_texts)]
+    for key, given in unused:
+        if given:
+            raise ValueError(f"{key} is not supported with task: grpo (grpo.beta is its KL to the base); remove it")
+    if config.data.format != "auto":
+        raise ValueError(f"data.format must be auto with task: grpo (records with a prompt), got {config.data.format!r}")
+    if config.grpo.beta > 0 and config.method != "lora":
+        raise ValueError("grpo.beta needs method: lora (the reference is the adapter switched off, no second copy)")
+    if "best_metric" not in config.eval.model_fields_set:
+        object.__setattr__(config.eval, "best_metric", "reward")
+    best_metric_one_of(config, GRPO_BEST_METRICS)
+
+
 TASK_RULES: dict[str, Callable[[RunConfig], None]] = {
     "chat": chat_rules,
     "classify": classify_rules,
     "pretrain": pretrain_rules,
+    "grpo": grpo_rules,
 }
 
 
@@ -153,6 +177,11 @@ def start_fits_the_run(config: RunConfig) -> None:
     if config.train.kl_to_base > 0:
         raise ValueError("train.kl_to_base cannot be used with model.init_from (its reference would be the "
                          "original base model, not the weights the run starts from)")
+
+
+def grpo_settings_need_grpo(config: RunConfig) -> None:
+    if config.task != "grpo" and (config.rewards or config.grpo != type(config.grpo)()):
+        raise ValueError("rewards and grpo apply to task: grpo (set task: grpo, or remove them)")
 
 
 def kl_needs_adapter_and_replay(config: RunConfig) -> None:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from tuneforge.config.gates import parse_gate
 from tuneforge.config.metric_names import check_metric
+from tuneforge.config.rewards import GRPOConfig, RewardConfig
 from tuneforge.config.rules import check_rules
 from tuneforge.errors import ConfigError, ModelError
 from tuneforge.paths import saved_fine_tune
@@ -384,9 +385,10 @@ class TuneConfig(Section):
 class RunConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig
-    task: Literal["chat", "classify", "pretrain"] = Field(
+    task: Literal["chat", "classify", "pretrain", "grpo"] = Field(
         "chat", description="chat: train replies (causal LM); classify: a classification head on text + label records; "
-        "pretrain: continued pretraining on plain text (every token trained, packed)"
+        "pretrain: continued pretraining on plain text (every token trained, packed); grpo: reinforcement "
+        "fine-tuning on prompts scored by rewards (docs/grpo.md)"
     )
     method: Literal["lora", "full"] = "lora"
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -395,6 +397,8 @@ class RunConfig(Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     tune: TuneConfig | None = Field(None, description="a hyperparameter search over this run (tuneforge tune)")
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig, description="settings of task: classify")
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="settings of task: grpo")
+    rewards: list[RewardConfig] = Field(default_factory=list, description="task: grpo: the weighted rewards")
     output_dir: Path = Path("runs/run")
 
     @model_validator(mode="after")

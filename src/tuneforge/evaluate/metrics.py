@@ -99,6 +99,28 @@ def rouge_l(prediction: str, reference: str) -> float:
     return _f_measure(_lcs_length(predicted, expected), len(predicted), len(expected))
 
 
+def rouge_n(prediction: str, reference: str, n: int) -> float:
+    """ROUGE-N F-measure over clipped n-gram counts of the casefolded whitespace words (graders' rouge_1..rouge_5)."""
+    def grams(text: str) -> Counter:
+        words = text.casefold().split()
+        return Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+
+    predicted, expected = grams(prediction), grams(reference)
+    overlap = sum((predicted & expected).values())
+    return _f_measure(overlap, sum(predicted.values()), sum(expected.values()))
+
+
+def fuzzy_match(prediction: str, reference: str) -> float:
+    """Similarity ratio in [0, 1] of the two strings: 2 x matched characters / total length (difflib, junk
+    heuristic off). OpenAI's fuzzy_match uses rapidfuzz's fuzz.ratio, the same formula over the longest common
+    subsequence; difflib's matching blocks can find fewer matches, so scores may be a little lower."""
+    import difflib
+
+    if not prediction and not reference:
+        return 1.0
+    return difflib.SequenceMatcher(None, prediction, reference, autojunk=False).ratio()
+
+
 def _sacrebleu():
     try:
         import sacrebleu

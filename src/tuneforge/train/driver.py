@@ -20,7 +20,6 @@ are pinned in tests/train/test_pinned_losses.py.
 
 from __future__ import annotations
 
-import math
 import shutil
 import time
 from collections.abc import Callable
@@ -33,7 +32,6 @@ import torch
 from rich.console import Console
 
 from tuneforge.config import RunConfig, dump_config
-from tuneforge.data.batching import epoch_batches
 from tuneforge.train import checkpoint as ckpt
 from tuneforge.train import preflight
 from tuneforge.train.checkpoint import TrainState
@@ -100,8 +98,7 @@ def train(
         (run_dir / "config.yaml").write_text(dump_config(config))
     method.before_training(model, resuming=checkpoint is not None)
 
-    lengths = method.lengths()
-    batches_per_epoch = math.ceil(len(lengths) / cfg.batch_size)
+    batches_per_epoch = len(method.epoch_order(cfg.batch_size, cfg.seed, 0))
     batches_per_step = cfg.grad_accum * accelerator.num_processes
     steps = total_steps(cfg.model_copy(update={"grad_accum": batches_per_step}), batches_per_epoch)
     optimizer = build_optimizer(model, cfg)
@@ -149,7 +146,7 @@ def train(
     started, tokens_at_start = time.monotonic(), state.tokens_seen
     with stop_on_signals() as signal_stop:
         while state.step < steps:
-            order = epoch_batches(lengths, cfg.batch_size, cfg.seed, state.epoch)
+            order = method.epoch_order(cfg.batch_size, cfg.seed, state.epoch)
             window = order[state.batch_in_epoch : state.batch_in_epoch + batches_per_step]
             if not window:
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0

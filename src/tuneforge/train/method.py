@@ -75,8 +75,10 @@ class Method(Protocol):
         """What must be measured on the untrained model (base answers, base scores) and the training mix."""
         ...
 
-    def lengths(self) -> list[int]:
-        """The length of each training unit; batches group units of similar length (data/batching.py)."""
+    def epoch_order(self, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+        """The epoch's batches of training units, deterministic per (seed, epoch) so resume is exact.  Most
+        methods group units of similar length (data/batching.py's epoch_batches); GRPO repeats each
+        generation batch num_iterations times, one update per repeat."""
         ...
 
     def batch(self, units: list[int]) -> Batch:

@@ -62,3 +62,37 @@ def plot_losses(run_dir: Path) -> Path:
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def plot_rewards(run_dir: Path, reward_names: list[str]) -> Path:
+    """reward_curves.png (task: grpo): rewards, no-signal share, answer length, clip fraction and KL per step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(run_dir)
+
+    def series(key: str):
+        return [(r["step"], r[key]) for r in records if key in r]
+
+    panels = [("reward", ["train_reward", *[f"train_reward_{n}" for n in reward_names], "eval_reward"]),
+              ("share", ["train_no_signal_groups", "train_truncated", "train_clip_fraction", "eval_pass_rate"]),
+              ("answer tokens", ["train_completion_length"]), ("KL", ["train_kl"])]
+    figure, axes = plt.subplots(2, 2, figsize=(10, 6), dpi=110)
+    for axis, (label, keys) in zip(axes.flat, panels):
+        for key in keys:
+            points = series(key)
+            if points:
+                axis.plot(*zip(*points), "o-" if key.startswith("eval_") else "-", label=key, linewidth=1)
+        axis.set_xlabel("optimizer step")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+        if axis.lines:
+            axis.legend(fontsize=7)
+    figure.suptitle(run_dir.name)
+    path = run_dir / "reward_curves.png"
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path

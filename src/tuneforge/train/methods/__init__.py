@@ -17,6 +17,8 @@ from tuneforge.models.load import pick_dtype, trains_under_autocast
 from tuneforge.train.method import Method
 from tuneforge.train.methods.classify import ClassifyMethod
 from tuneforge.train.methods.classify import closing as classify_closing
+from tuneforge.train.methods.grpo import GRPOMethod
+from tuneforge.train.methods.grpo import closing as grpo_closing
 from tuneforge.train.methods.language_model import CHAT, PRETRAIN, LanguageModelMethod
 from tuneforge.train.methods.language_model import closing as lm_closing
 
@@ -48,6 +50,7 @@ METHODS: dict[str, MethodKind] = {
     "pretrain": MethodKind(partial(LanguageModelMethod, task=PRETRAIN), lm_autocast, True,
                            partial(lm_closing, task=PRETRAIN)),
     "classify": MethodKind(ClassifyMethod, answering_dtype_autocast, False, classify_closing),
+    "grpo": MethodKind(GRPOMethod, lm_autocast, False, grpo_closing),
 }
 
 

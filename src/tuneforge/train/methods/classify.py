@@ -27,6 +27,7 @@ from tuneforge.models.classifier import (
 )
 from tuneforge.evaluate.classification import print_table, score, write_evaluation
 from tuneforge.config import RunConfig
+from tuneforge.data.batching import epoch_batches
 from tuneforge.train.method import PRIMARY, Batch, LossTerms, StepPlan
 from tuneforge.train.setup import with_checkpointing
 
@@ -104,6 +105,9 @@ class ClassifyMethod:
     def encoded(self, examples: Examples) -> Encoded:
         rows = encode(self.tokenizer, examples.texts, self.info.max_length) if len(examples) else []
         return Encoded(examples, rows, self.labels.targets(examples.labels))
+
+    def epoch_order(self, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+        return epoch_batches(self.lengths(), batch_size, seed, epoch)
 
     def lengths(self) -> list[int]:
         return [len(row) for row in self.train.rows]

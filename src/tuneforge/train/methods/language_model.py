@@ -25,13 +25,12 @@ import torch
 from rich.console import Console
 
 from tuneforge.config import RunConfig
-from tuneforge.data.batching import WIDTH_MULTIPLE, collate
+from tuneforge.data.batching import WIDTH_MULTIPLE, collate, epoch_batches
 from tuneforge.data.dataset import label_count
 from tuneforge.data.packing import collate_packed, pack
 from tuneforge.data.prepare import PreparedData, prepare
 from tuneforge.data.replay import encode_mix, replay_mix
 from tuneforge.evaluate import before_after
-from tuneforge.evaluate.evaluator import forgetting_warning
 from tuneforge.evaluate.loss import validation_loss
 from tuneforge.models.limits import check_max_seq_length
 from tuneforge.models.load import load_for_inference
@@ -41,6 +40,7 @@ from tuneforge.train import preflight as estimate
 from tuneforge.train.distributed import is_fsdp, trains_nothing
 from tuneforge.train.loss import loss_sum
 from tuneforge.train.method import PRIMARY, Batch, LossTerms, StepPlan, compose
+from tuneforge.train.methods.general_check import check_base, check_tuned
 from tuneforge.train.pretrain import perplexity, require_text
 from tuneforge.train.selection import answer_metrics, validation_examples
 from tuneforge.train.setup import build_model
@@ -101,11 +101,8 @@ class LanguageModelMethod:
                 if replay:
                     mix = replay_mix(replay, len(self.data.train), seed, self.run_dir, resuming, base, tokenizer,
                                      self.base_dir)
-                for probe_set in self.sets:
-                    before_after.answer_with_base(probe_set, self.run_dir, resuming, base, tokenizer, self.base_dir,
-                                                  config.eval.max_new_tokens)
-                before_after.perplexity_with_base(self.run_dir, resuming, base, tokenizer, self.general_text,
-                                                  config.eval.batch_size)
+                check_base(self.sets, self.general_text, self.run_dir, resuming, base, tokenizer, self.base_dir,
+                           config.eval)
         accelerator.wait_for_everyone()
         if replay:
             if mix is None:  # rank 0 saved the mix in run_dir: the other ranks read that file
@@ -119,6 +116,9 @@ class LanguageModelMethod:
         self.units, self.unit_lengths = training_units(self.data, config.data.packing, config.train.max_seq_length)
 
     # --- batches and loss ---------------------------------------------------------------------------
+
+    def epoch_order(self, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+        return epoch_batches(self.lengths(), batch_size, seed, epoch)
 
     def lengths(self) -> list[int]:
         return self.unit_lengths
@@ -187,24 +187,11 @@ class LanguageModelMethod:
         if is_fsdp(self.accelerator):  # rank 0 answers alone: with the whole model, not its shard
             model = load_for_inference(str(self.run_dir / "final"))[0]
         model.eval()
-        config, tokenizer = self.config, self.tokenizer
-        tuned_answers = {
-            probe_set.key: before_after.answer_with_tuned(probe_set, self.run_dir, model, tokenizer,
-                                                          config.eval.max_new_tokens)
-            for probe_set in self.sets
-        }
         measures = {"validation loss": eval_loss}
         if self.task.reports_perplexity:
             measures["perplexity on held-out text"] = tuple(perplexity(v) for v in eval_loss)
-        general = before_after.perplexity_change(self.run_dir, model, tokenizer, self.general_text,
-                                                 config.eval.batch_size)
-        if general:
-            measures["perplexity on general text"] = general
-        summary = before_after.report(self.console, self.run_dir, self.sets, tuned_answers, measures)
-        warning = general and forgetting_warning(*general, config.eval.max_general_perplexity_rise)
-        if warning:
-            self.console.print(f"[yellow]warning:[/] {warning}")
-        return summary
+        return check_tuned(self.console, self.sets, self.general_text, self.run_dir, model, self.tokenizer,
+                           self.config.eval, measures)
 
 
 def closing(result, task: LanguageTask) -> list[str]:
