@@ -301,6 +301,63 @@ class ClassifyConfig(Section):
         return labels
 
 
+# --- preference training (task: preference, task: kto); issue 18 -------------------------------------
+class PreferenceConfig(Section):
+    """Settings of `task: preference`: pairs of a preferred and a rejected reply (DPO family, ORPO, SimPO)."""
+
+    loss: Literal["dpo", "ipo", "orpo", "simpo"] = Field(
+        "dpo", description="dpo: sigmoid DPO; ipo: squared loss to 1/(2 beta); orpo and simpo need no reference model"
+    )
+    beta: float = Field(0.1, gt=0.0, description="dpo/ipo: strength of the reference; orpo: odds-ratio weight "
+                        "(lambda); simpo: reward scale")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="dpo: conservative DPO, the chance a label is flipped")
+    sft_weight: float = Field(0.0, ge=0.0, description="weight of the chosen reply's NLL per token (RPO); orpo has its own")
+    simpo_gamma: float = Field(0.5, ge=0.0, description="simpo: the target reward margin (gamma; TRL's gamma/beta x beta)")
+    reference: Literal["auto", "adapter_off", "frozen_copy", "precomputed"] = Field(
+        "auto", description="dpo/ipo reference: adapter_off (LoRA: the adapter switched off), frozen_copy (full: a "
+        "second copy), precomputed (log-probs of the starting weights, computed once and cached); auto: adapter_off "
+        "for a fresh LoRA run, precomputed otherwise (a run from model.init_from, a full fine-tune)"
+    )
+
+
+class KTOConfig(Section):
+    """Settings of `task: kto`: unpaired replies labelled desirable or not (thumbs up/down)."""
+
+    beta: float = Field(0.1, gt=0.0)
+    desirable_weight: float = Field(1.0, gt=0.0, description="weight of a desirable reply's loss")
+    undesirable_weight: float = Field(1.0, gt=0.0, description="weight of an undesirable reply's loss")
+    reference: Literal["auto", "adapter_off", "frozen_copy", "precomputed"] = Field(
+        "auto", description="as preference.reference"
+    )
+
+
+PREFERENCE_TASKS = ("preference", "kto")
+
+
+def preference_settings_fit(config: RunConfig) -> None:
+    """A preference section only with its task; replay, packing and kl_to_base belong to chat SFT."""
+    if config.task != "preference" and config.preference != PreferenceConfig():
+        raise ValueError("preference applies to task: preference (set task: preference, or remove the section)")
+    if config.task != "kto" and config.kto != KTOConfig():
+        raise ValueError("kto applies to task: kto (set task: kto, or remove the section)")
+    if config.task not in PREFERENCE_TASKS:
+        return
+    for key, given in (("data.replay", config.data.replay is not None), ("data.packing", config.data.packing),
+                       ("train.kl_to_base", config.train.kl_to_base > 0),
+                       ("model.quantize", config.model.quantize is not None)):
+        if given:
+            raise ValueError(f"{key} is not supported with task: {config.task}; remove it")
+    wanted = "preference" if config.task == "preference" else "feedback"
+    if config.data.format not in ("auto", wanted):
+        raise ValueError(f"data.format must be auto or {wanted} with task: {config.task}, got {config.data.format!r}")
+    reference = (config.preference if config.task == "preference" else config.kto).reference
+    if reference == "adapter_off" and (config.method != "lora" or config.model.init_from is not None):
+        raise ValueError(f"{config.task}.reference adapter_off needs method: lora without model.init_from (switched "
+                         "off, the adapter leaves the original base, not the start); use precomputed")
+    if reference == "frozen_copy" and config.method != "full":
+        raise ValueError(f"{config.task}.reference frozen_copy is for method: full; a LoRA run uses adapter_off")
+
+
 CLASSIFY_BEST_METRICS = ("eval_loss", "accuracy", "macro_f1")
 PRETRAIN_BEST_METRICS = ("eval_loss", "eval_perplexity")
 
@@ -392,9 +449,10 @@ class TuneConfig(Section):
 class RunConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig
-    task: Literal["chat", "classify", "pretrain"] = Field(
+    task: Literal["chat", "classify", "pretrain", "preference", "kto"] = Field(
         "chat", description="chat: train replies (causal LM); classify: a classification head on text + label records; "
-        "pretrain: continued pretraining on plain text (every token trained, packed)"
+        "pretrain: continued pretraining on plain text (every token trained, packed); preference: chosen vs rejected "
+        "pairs (DPO, IPO, ORPO, SimPO); kto: replies labelled desirable or not"
     )
     method: Literal["lora", "full"] = "lora"
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -403,6 +461,8 @@ class RunConfig(Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     tune: TuneConfig | None = Field(None, description="a hyperparameter search over this run (tuneforge tune)")
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig, description="settings of task: classify")
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig, description="settings of task: preference")
+    kto: KTOConfig = Field(default_factory=KTOConfig, description="settings of task: kto")
     output_dir: Path = Path("runs/run")
 
     @model_validator(mode="after")
@@ -487,6 +547,11 @@ class RunConfig(Section):
         if self.train.kl_to_base > 0:
             raise ValueError("train.kl_to_base cannot be used with model.init_from (its reference would be the "
                              "original base model, not the weights the run starts from)")
+        return self
+
+    @model_validator(mode="after")
+    def _preference_settings_fit_the_task(self) -> RunConfig:
+        preference_settings_fit(self)
         return self
 
     @model_validator(mode="after")

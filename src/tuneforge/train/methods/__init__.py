@@ -19,6 +19,8 @@ from tuneforge.train.methods.classify import ClassifyMethod
 from tuneforge.train.methods.classify import closing as classify_closing
 from tuneforge.train.methods.language_model import CHAT, PRETRAIN, LanguageModelMethod
 from tuneforge.train.methods.language_model import closing as lm_closing
+from tuneforge.train.methods.preference import PreferenceMethod
+from tuneforge.train.methods.preference import closing as preference_closing
 
 
 def device() -> torch.device:
@@ -48,6 +50,9 @@ METHODS: dict[str, MethodKind] = {
     "pretrain": MethodKind(partial(LanguageModelMethod, task=PRETRAIN), lm_autocast, True,
                            partial(lm_closing, task=PRETRAIN)),
     "classify": MethodKind(ClassifyMethod, answering_dtype_autocast, False, classify_closing),
+    # pairs (DPO, IPO, ORPO, SimPO) and rated replies (KTO): one process (the KTO batch KL is per process)
+    "preference": MethodKind(PreferenceMethod, lm_autocast, False, preference_closing),
+    "kto": MethodKind(PreferenceMethod, lm_autocast, False, preference_closing),
 }
 
 
