@@ -136,7 +136,7 @@ def content_text(content: object, where: str) -> str:
         for part in content:
             kind, text = part.get("type", "text"), part.get("text", part.get("value"))
             if kind not in ("text", "reasoning") or not isinstance(text, str):
-                raise ValueError(f"{where}.content: only text and reasoning parts can be trained on (got a "
+                raise ValueError(f"{where}.content: only text parts can be trained on (text or reasoning; got a "
                                  f"{kind!r} part)")
             texts.append(f"{THINKING[0]}{text.strip()}{THINKING[1]}" if kind == "reasoning" else text)
         return "".join(texts)
