@@ -222,3 +222,26 @@ def config_dir(factory, name):
     from pathlib import Path
 
     return Path(tempfile.mkdtemp(prefix=f"pref-{name}-"))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"task": "chat", "preference.loss": "ipo"}, "preference: applies to task: preference"),
+    ({"preference.reference": "frozen_copy"}, "preference.reference: frozen_copy is for method: full"),
+    ({"method": "full", "preference.reference": "adapter_off"}, "preference.reference: adapter_off needs method: lora"),
+    ({"train.kl_to_base": 0.5}, "train.kl_to_base: is not supported with task: preference"),
+    ({"data.format": "chat"}, "data.format: must be auto or preference"),
+])
+def test_settings_that_do_not_fit_the_task_are_refused(preference_config, overrides, message):
+    from tuneforge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        preference_config(**overrides)
+
+
+def test_reference_auto_picks_adapter_off_for_lora_and_precomputed_otherwise(preference_config):
+    from tuneforge.train.methods.preference import settings_of
+
+    assert settings_of(preference_config()).reference == "adapter_off"
+    assert settings_of(preference_config(**{"method": "full"})).reference == "precomputed"
+    assert settings_of(preference_config(**{"preference.loss": "simpo"})).reference == "none"
+    assert settings_of(preference_config("kto")).reference == "adapter_off"
