@@ -113,7 +113,9 @@ class PreferenceMethod:
         model, self.info, self.base_dir = build_model(self.config, self.accelerator.device, checkpoint)
         self.policy = model
         if self.settings.reference == "frozen_copy":
-            dtype = training_dtype(self.config.model.dtype, self.accelerator.device)
+            # the dtype the policy starts in (full fine-tunes keep fp32 masters under autocast: models/load.py)
+            dtype = torch.float32 if self.config.model.dtype == "auto" else training_dtype(self.config.model.dtype,
+                                                                                            self.accelerator.device)
             self.reference_model = load_causal_lm(self.base_dir, dtype).to(self.accelerator.device).eval()
             self.reference_model.requires_grad_(False)
         return model
