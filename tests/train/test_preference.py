@@ -245,3 +245,20 @@ def test_reference_auto_picks_adapter_off_for_lora_and_precomputed_otherwise(pre
     assert settings_of(preference_config(**{"method": "full"})).reference == "precomputed"
     assert settings_of(preference_config(**{"preference.loss": "simpo"})).reference == "none"
     assert settings_of(preference_config("kto")).reference == "adapter_off"
+
+
+def test_resume_reproduces_the_uninterrupted_run_with_a_precomputed_reference(preference_config, one_thread, tmp_path):
+    """A full fine-tune with the starting weights' log-probs cached: stopped at step 2 and resumed, its losses
+    are the uninterrupted run's (the reference comes from the cache, not from the half-trained weights)."""
+    common = {"method": "full", "train.learning_rate": 1e-3, "train.max_steps": 4, "checkpoint.every_steps": 100,
+              "preference.reference": "precomputed"}
+    whole = preference_config(**common, output_dir=str(tmp_path / "whole"))
+    train(whole)
+    parted = preference_config(**common, output_dir=str(tmp_path / "parted"))
+    assert train(parted, stop=lambda state: state.step == 2).interrupted_by == "stop"
+    train(parted, resume=True)
+
+    def losses(run_dir):
+        return {r["step"]: r["train_loss"] for r in read_metrics(run_dir) if "train_loss" in r}
+
+    assert losses(parted.output_dir) == pytest.approx(losses(whole.output_dir), abs=1e-5)
