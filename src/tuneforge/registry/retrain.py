@@ -17,6 +17,9 @@ model in memory at a time), and it is promoted to production only when
   `eval.max_general_perplexity_rise` above production's.
 Otherwise it becomes staging, and RUN/retrain_report.json (and the terminal) say why.  Either
 way it is registered, with production as its parent.
+
+Curated preference pairs (FILE.preference.jsonl) train by DPO, or everything by KTO, with
+`--preference` (registry/preference_retrain.py); the comparison with production is the same.
 """
 
 from __future__ import annotations
