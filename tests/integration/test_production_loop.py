@@ -88,6 +88,25 @@ def test_serve_feedback_curate_retrain_promote_rollback(run_config, tmp_path, on
         assert response.system_fingerprint == "v1"
         conn.close()
 
+    # The rejected answers with their corrections train by preference (DPO, production's log-probs the
+    # reference): the curated pairs are the retrain's training data, and it is gated and promoted like any retrain.
+    pairs = [json.loads(line) for line in (tmp_path / "curated.preference.jsonl").read_text().splitlines()]
+    assert {p["chosen"][-1]["content"] if isinstance(p["chosen"], list) else p["chosen"] for p in pairs} == set(answers.values())
+    by_preference = tmp_path / "v3"
+    code = main(["retrain", "--from", "production", "--data", str(curated), "--data",
+                 str(tmp_path / "curated.preference.jsonl"), "--registry", str(registry), "--output-dir",
+                 str(by_preference), "--gate", "loss <= base", "--set", "train.max_steps=6",
+                 "--set", "preference.sft_weight=1.0"])
+    assert code == 0, capsys.readouterr().err
+    run_file = (by_preference / "config.yaml").read_text()
+    assert "task: preference" in run_file and "reference: precomputed" in run_file
+    assert json.loads((by_preference / "data_manifest.json").read_text())["train_records"] == len(pairs)
+    metrics = [json.loads(line) for line in (by_preference / "metrics.jsonl").read_text().splitlines()]
+    assert any("train_reward_accuracy" in m for m in metrics)
+    conn = open_registry(registry, create=False)
+    assert aliases(conn)["production"] == "v3" and get_version(conn, "v3").parent == "v1"
+    conn.close()
+
 
 def test_a_locked_log_does_not_fail_requests(run_config, tmp_path, one_thread):
     run = tmp_path / "v1"

@@ -32,6 +32,7 @@ def check_rules(config: RunConfig) -> None:
     start_fits_the_run(config)
     kl_needs_adapter_and_replay(config)
     grpo_settings_need_grpo(config)
+    preference_sections_need_their_task(config)
 
 
 def metric_key(name: str) -> str:
@@ -109,11 +110,47 @@ def grpo_rules(config: RunConfig) -> None:
     best_metric_one_of(config, GRPO_BEST_METRICS)
 
 
+def preference_rules(config: RunConfig) -> None:
+    """task: preference: chosen/rejected pairs (data/preference.py)."""
+    pair_rules(config, config.preference.reference, "preference")
+
+
+def kto_rules(config: RunConfig) -> None:
+    """task: kto: replies labelled desirable or not."""
+    pair_rules(config, config.kto.reference, "feedback")
+
+
+def pair_rules(config: RunConfig, reference: str, data_format: str) -> None:
+    """Preference tasks: replay, packing and kl_to_base belong to chat SFT; the reference must exist."""
+    classify_section_unused(config)
+    for key, given in (("data.replay", config.data.replay is not None), ("data.packing", config.data.packing),
+                       ("train.kl_to_base", config.train.kl_to_base > 0),
+                       ("model.quantize", config.model.quantize is not None)):
+        if given:
+            raise ValueError(f"{key} is not supported with task: {config.task}; remove it")
+    if config.data.format not in ("auto", data_format):
+        raise ValueError(f"data.format must be auto or {data_format} with task: {config.task}, got {config.data.format!r}")
+    if reference == "adapter_off" and (config.method != "lora" or config.model.init_from is not None):
+        raise ValueError(f"{config.task}.reference adapter_off needs method: lora without model.init_from (switched "
+                         "off, the adapter leaves the original base, not the start); use precomputed")
+    if reference == "frozen_copy" and config.method != "full":
+        raise ValueError(f"{config.task}.reference frozen_copy is for method: full; a LoRA run uses adapter_off")
+
+
+def preference_sections_need_their_task(config: RunConfig) -> None:
+    if config.task != "preference" and config.preference != type(config.preference)():
+        raise ValueError("preference applies to task: preference (set task: preference, or remove the section)")
+    if config.task != "kto" and config.kto != type(config.kto)():
+        raise ValueError("kto applies to task: kto (set task: kto, or remove the section)")
+
+
 TASK_RULES: dict[str, Callable[[RunConfig], None]] = {
     "chat": chat_rules,
     "classify": classify_rules,
     "pretrain": pretrain_rules,
     "grpo": grpo_rules,
+    "preference": preference_rules,
+    "kto": kto_rules,
 }
 
 

@@ -298,6 +298,36 @@ class ClassifyConfig(Section):
         return labels
 
 
+# --- preference training (task: preference, task: kto); issue 18 -------------------------------------
+class PreferenceConfig(Section):
+    """Settings of `task: preference`: pairs of a preferred and a rejected reply (DPO family, ORPO, SimPO)."""
+
+    loss: Literal["dpo", "ipo", "orpo", "simpo"] = Field(
+        "dpo", description="dpo: sigmoid DPO; ipo: squared loss to 1/(2 beta); orpo and simpo need no reference model"
+    )
+    beta: float = Field(0.1, gt=0.0, description="dpo/ipo: strength of the reference; orpo: odds-ratio weight "
+                        "(lambda); simpo: reward scale")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="dpo: conservative DPO, the chance a label is flipped")
+    sft_weight: float = Field(0.0, ge=0.0, description="weight of the chosen reply's NLL per token (RPO); orpo has its own")
+    simpo_gamma: float = Field(0.5, ge=0.0, description="simpo: the target reward margin (gamma; TRL's gamma/beta x beta)")
+    reference: Literal["auto", "adapter_off", "frozen_copy", "precomputed"] = Field(
+        "auto", description="dpo/ipo reference: adapter_off (LoRA: the adapter switched off), frozen_copy (full: a "
+        "second copy), precomputed (log-probs of the starting weights, computed once and cached); auto: adapter_off "
+        "for a fresh LoRA run, precomputed otherwise (a run from model.init_from, a full fine-tune)"
+    )
+
+
+class KTOConfig(Section):
+    """Settings of `task: kto`: unpaired replies labelled desirable or not (thumbs up/down)."""
+
+    beta: float = Field(0.1, gt=0.0)
+    desirable_weight: float = Field(1.0, gt=0.0, description="weight of a desirable reply's loss")
+    undesirable_weight: float = Field(1.0, gt=0.0, description="weight of an undesirable reply's loss")
+    reference: Literal["auto", "adapter_off", "frozen_copy", "precomputed"] = Field(
+        "auto", description="as preference.reference"
+    )
+
+
 class CheckpointConfig(Section):
     every_steps: int | None = Field(None, ge=1, description="also always at the end and on SIGINT/SIGTERM")
     keep_last: int = Field(2, ge=1)
@@ -385,10 +415,11 @@ class TuneConfig(Section):
 class RunConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig
-    task: Literal["chat", "classify", "pretrain", "grpo"] = Field(
+    task: Literal["chat", "classify", "pretrain", "grpo", "preference", "kto"] = Field(
         "chat", description="chat: train replies (causal LM); classify: a classification head on text + label records; "
         "pretrain: continued pretraining on plain text (every token trained, packed); grpo: reinforcement "
-        "fine-tuning on prompts scored by rewards (docs/grpo.md)"
+        "fine-tuning on prompts scored by rewards (docs/grpo.md); preference: chosen vs rejected pairs (DPO, IPO, "
+        "ORPO, SimPO; docs/preference.md); kto: replies labelled desirable or not"
     )
     method: Literal["lora", "full"] = "lora"
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -399,6 +430,8 @@ class RunConfig(Section):
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig, description="settings of task: classify")
     grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="settings of task: grpo")
     rewards: list[RewardConfig] = Field(default_factory=list, description="task: grpo: the weighted rewards")
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig, description="settings of task: preference")
+    kto: KTOConfig = Field(default_factory=KTOConfig, description="settings of task: kto")
     output_dir: Path = Path("runs/run")
 
     @model_validator(mode="after")

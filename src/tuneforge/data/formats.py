@@ -36,7 +36,7 @@ ROLE_ALIASES = {
     "model": "assistant", "bot": "assistant", "chatgpt": "assistant", "tool": "tool", "observation": "tool", "function": "tool",
     "ipython": "tool", "function_call": "function_call",
 }
-NESTED = ("messages", "conversations", "chosen", "rejected", "preferred_output", "non_preferred_output", "input")
+NESTED = ("messages", "conversations", "chosen", "rejected", "chosen_messages", "rejected_messages", "preferred_output", "non_preferred_output", "input")
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def remap(value: dict, mapping: Mapping) -> dict:
 def detect(value: dict) -> str:
     if "preferred_output" in value or "non_preferred_output" in value:
         return "preference"
-    if "chosen" in value and "rejected" in value:
+    if ("chosen" in value and "rejected" in value) or "chosen_messages" in value:
         return "preference"
     if "label" in value and any(k in value for k in ("messages", "conversations", "completion")):
         return "feedback"
@@ -118,18 +118,45 @@ def text_field(value: dict, key: str, required: bool) -> str:
     return item
 
 
+THINKING = ("<think>\n", "\n</think>\n\n")  # how a reasoning part is written into the reply's text
+
+
 def content_text(content: object, where: str) -> str:
-    """A message's content: a string, null (tool-call turns), or a list of text parts."""
+    """A message's content: a string, null (tool-call turns), or a list of parts.
+
+    A part is OpenAI's {"type": "text", "text": ...} or LLaMA-Factory's {"type": "text"|"reasoning", "value": ...};
+    a reasoning part (the model's thinking) is written in <think> markup, the markup of the templates that have
+    one (Qwen3, DeepSeek-R1), and is trained like the rest of the reply."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
     if isinstance(content, list) and all(isinstance(p, dict) for p in content):
-        texts = [p.get("text") for p in content if p.get("type", "text") == "text"]
-        if len(texts) == len(content) and all(isinstance(t, str) for t in texts):
-            return "".join(texts)
-        raise ValueError(f"{where}.content: only text parts can be trained on")
+        texts = []
+        for part in content:
+            kind, text = part.get("type", "text"), part.get("text", part.get("value"))
+            if kind not in ("text", "reasoning") or not isinstance(text, str):
+                raise ValueError(f"{where}.content: only text parts can be trained on (text or reasoning; got a "
+                                 f"{kind!r} part)")
+            texts.append(f"{THINKING[0]}{text.strip()}{THINKING[1]}" if kind == "reasoning" else text)
+        return "".join(texts)
     raise ValueError(f"{where}.content: must be a string, got {type(content).__name__}")
+
+
+MEDIA_KEYS = ("images", "videos", "audios")
+MEDIA_MARKERS = ("<image>", "<video>", "<audio>")
+
+
+def refuse_media(value: dict) -> None:
+    """A record with images, video or audio cannot be trained as text: dropping the media silently would
+    teach replies to inputs the model never saw."""
+    for key in MEDIA_KEYS:
+        if value.get(key):
+            raise ValueError(f"'{key}': records with images, video or audio are not supported (text models only)")
+    text = json.dumps(value, ensure_ascii=False)
+    marker = next((m for m in MEDIA_MARKERS if m in text), None)
+    if marker:
+        raise ValueError(f"a {marker} marker: records with images, video or audio are not supported (text models only)")
 
 
 def tool_call(obj: object, where: str) -> ToolCall:
@@ -171,7 +198,7 @@ def parse_message(obj: object, where: str, roles: dict[str, str]) -> Message:
         calls += tool_calls(obj["function_call"], f"{where}.function_call")
     if role == "function_call":  # sharegpt: the value is the call, as JSON text
         role, calls, content = "assistant", tool_calls(content, f"{where}.value"), ""
-    weight = obj.get("weight")
+    weight = obj.get("weight", obj.get("loss_weight"))  # loss_weight: LLaMA-Factory's name
     if weight is not None:
         if isinstance(weight, bool) or weight not in (0, 1):
             raise ValueError(f"{where}.weight: must be 0 or 1, got {weight!r}")
@@ -322,6 +349,8 @@ def preference_prompt(value: dict, roles: dict[str, str]) -> tuple[Message, ...]
 def from_preference(value: dict, source: str, roles: dict[str, str]) -> Record:
     openai = "preferred_output" in value or "non_preferred_output" in value
     chosen_key, rejected_key = ("preferred_output", "non_preferred_output") if openai else ("chosen", "rejected")
+    if "chosen_messages" in value:  # LLaMA-Factory: two whole conversations that share the prompt
+        chosen_key, rejected_key = "chosen_messages", "rejected_messages"
     if openai and not isinstance(value.get("input"), dict):
         raise ValueError("'input' must be an object with the prompt's messages")
     prompt = preference_prompt(value, roles)
@@ -410,6 +439,7 @@ def convert_one(value: object, source: str, fmt: str, mapping: Mapping) -> Recor
     if not isinstance(value, dict):
         raise ValueError(f"each record must be a JSON object, got {type(value).__name__}")
     value = remap(value, mapping)
+    refuse_media(value)
     roles = mapping.role_table()
     match detect(value) if fmt == "auto" else fmt:
         case "chat":

@@ -60,6 +60,10 @@ def add_retrain(commands) -> None:
                          help="override a key of the new run file, e.g. train.max_steps=50 (repeatable)")
     retrain.add_argument("--no-promote", action="store_true",
                          help="register the new version as staging even if it wins")
+    retrain.add_argument("--preference", choices=["auto", "dpo", "kto", "off"], default="auto",
+                         help="how curated preference pairs (FILE.preference.jsonl from tuneforge curate) train: dpo "
+                         "(the pairs by DPO, production's log-probs the reference), kto (pairs and approved answers as "
+                         "rated replies), off (supervised only); auto (default): dpo when a --data file holds pairs")
     retrain.set_defaults(func=run_retrain)
 
 

@@ -17,6 +17,9 @@ model in memory at a time), and it is promoted to production only when
   `eval.max_general_perplexity_rise` above production's.
 Otherwise it becomes staging, and RUN/retrain_report.json (and the terminal) say why.  Either
 way it is registered, with production as its parent.
+
+Curated preference pairs (FILE.preference.jsonl) train by DPO, or everything by KTO, with
+`--preference` (registry/preference_retrain.py); the comparison with production is the same.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import yaml
 from rich.console import Console
 
 from tuneforge.errors import ConfigError
+from tuneforge.registry.preference_retrain import preference_mode, with_preference
 from tuneforge.registry.store import Version, aliases, open_registry, registry_path, resolve, set_alias
 from tuneforge.train.signals import INTERRUPT_EXIT
 
@@ -66,8 +70,9 @@ def run_retrain(args, console: Console) -> int:
     try:
         version = resolve(conn, args.source)
         output_dir = (args.output_dir or Path("runs") / f"retrain-{version.id}-{time.strftime('%Y%m%d-%H%M%S')}")
-        config = retrain_config(version, args.data, args.validation, args.replay_ratio, output_dir.resolve(),
-                                args.overrides, console)
+        mode = preference_mode(args.preference, args.data)
+        config, held_out = retrain_config(version, args.data, args.validation, args.replay_ratio, output_dir.resolve(),
+                                          args.overrides, console, mode)
         from tuneforge.train.driver import train
 
         console.print(f"retraining {version.id} ({version.path}) on {', '.join(args.data)} -> {config.output_dir}",
@@ -78,15 +83,17 @@ def run_retrain(args, console: Console) -> int:
                           f"`tuneforge train {config.output_dir / 'config.yaml'} --resume`, then register it with "
                           f"`tuneforge models register {config.output_dir} --parent {version.id}`.", highlight=False)
             return INTERRUPT_EXIT[result.interrupted_by]
-        decision = compare_with(version, config, args.gates, console)
+        decision = compare_with(version, config, args.gates, console, held_out)
         return conclude(conn, version, config, decision, args.data, args.no_promote, console)
     finally:
         conn.close()
 
 
 def retrain_config(version: Version, curated: list[str], validation: list[str], replay_ratio: float,
-                   output_dir: Path, overrides: list[str], console: Console):
-    """The new run file, written to OUTPUT/retrain.yaml, then loaded with the --set overrides like any run file."""
+                   output_dir: Path, overrides: list[str], console: Console, mode: str = "off"):
+    """(the new run, loaded with the --set overrides like any run file, and the held-out chat files the candidate
+    and production are compared on); the run file is written to OUTPUT/retrain.yaml.  A preference retrain
+    (registry/preference_retrain.py) trains the curated pairs and holds none of them out."""
     from tuneforge.config import load_config
     from tuneforge.train.run_dir import prepare_run_dir
 
@@ -111,10 +118,11 @@ def retrain_config(version: Version, curated: list[str], validation: list[str], 
     prepare_run_dir(output_dir, resume=False, overwrite=False, lock=False)  # refuses a directory that holds a run
     created = not output_dir.exists()
     output_dir.mkdir(parents=True, exist_ok=True)
+    with_preference(raw, mode, curated, output_dir, console)
     path = output_dir / RUN_FILE
     write_atomic(path, yaml.safe_dump(raw, sort_keys=False))
     try:
-        return load_config(path, overrides)
+        return load_config(path, overrides), held_out
     except ConfigError:  # a bad --set leaves nothing behind
         path.unlink()
         if created:
@@ -130,7 +138,7 @@ def production_run_file(version: Version) -> dict:
         raise ConfigError(f"{version.id} ({version.path}) has no run file; retrain needs a version registered "
                           "from a run directory")
     raw = yaml.safe_load(text)
-    if not isinstance(raw, dict) or raw.get("task", "chat") != "chat":
+    if not isinstance(raw, dict) or raw.get("task", "chat") not in ("chat", "preference", "kto"):
         raise ConfigError(f"{version.id}: retrain supports chat runs only (its run file says task: "
                           f"{raw.get('task') if isinstance(raw, dict) else '?'})")
     return raw
@@ -160,7 +168,8 @@ def version_sources(data: dict, split: str) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def compare_with(version: Version, config, extra_gates: list[str], console: Console) -> Decision:
+def compare_with(version: Version, config, extra_gates: list[str], console: Console,
+                 held_out: list[str] | None = None) -> Decision:
     """Evaluate production and the candidate (and the base, for base-relative gates) on the validation data."""
     from tuneforge.data.formats import read_records
     from tuneforge.evaluate import compare, gates
@@ -170,7 +179,8 @@ def compare_with(version: Version, config, extra_gates: list[str], console: Cons
 
     settings, run_dir = config.eval, config.output_dir
     gate_list = [gates.parse_gate(text) for text in [*settings.gates, *extra_gates]]
-    records = load_eval_records(config.data.validation)
+    held_out = held_out or config.data.validation
+    records = load_eval_records(held_out)
     general = read_records(settings.general_text or builtin_general_text())
     sides = {"production": version.path, "tuned": str(run_dir)}
     if any(gate.relative for gate in gate_list):
@@ -179,13 +189,13 @@ def compare_with(version: Version, config, extra_gates: list[str], console: Cons
                                         Sampling(max_new_tokens=settings.max_new_tokens), settings.batch_size, console,
                                         general, load_tokenizer(saved_model_dir(run_dir)))
     results = dict(zip(sides, evals))
-    out = run_dir / "eval" / Path(config.data.validation[0]).stem
+    out = run_dir / "eval" / Path(held_out[0]).stem
     examples = eval_examples(records)
     for side, result in results.items():
         result.name = {"base": "base model", "production": f"production ({version.id})", "tuned": "retrained"}[side]
         save_results(out / side, examples, result)
     compare.print_summary(console, evals, title=f"retrained vs {version.id} on "
-                          f"{', '.join(Path(d).name for d in config.data.validation)}")
+                          f"{', '.join(Path(d).name for d in held_out)}")
     checked = gates.check_gates(gate_list, results["tuned"].metrics, results["base"].metrics if "base" in results else None)
     if checked:
         gates.print_gates(console, checked)

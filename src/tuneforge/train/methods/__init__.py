@@ -21,6 +21,8 @@ from tuneforge.train.methods.grpo import GRPOMethod
 from tuneforge.train.methods.grpo import closing as grpo_closing
 from tuneforge.train.methods.language_model import CHAT, PRETRAIN, LanguageModelMethod
 from tuneforge.train.methods.language_model import closing as lm_closing
+from tuneforge.train.methods.preference import PreferenceMethod
+from tuneforge.train.methods.preference import closing as preference_closing
 
 
 def device() -> torch.device:
@@ -51,6 +53,9 @@ METHODS: dict[str, MethodKind] = {
                            partial(lm_closing, task=PRETRAIN)),
     "classify": MethodKind(ClassifyMethod, answering_dtype_autocast, False, classify_closing),
     "grpo": MethodKind(GRPOMethod, lm_autocast, False, grpo_closing),
+    # pairs (DPO, IPO, ORPO, SimPO) and rated replies (KTO): one process (the KTO batch KL is per process)
+    "preference": MethodKind(PreferenceMethod, lm_autocast, False, preference_closing),
+    "kto": MethodKind(PreferenceMethod, lm_autocast, False, preference_closing),
 }
 
 
