@@ -32,7 +32,7 @@ import torch
 from rich.console import Console
 
 from tuneforge.config import RunConfig
-from tuneforge.data.batching import WIDTH_MULTIPLE
+from tuneforge.data.batching import WIDTH_MULTIPLE, epoch_batches
 from tuneforge.data.preference import PreferenceData, PreferenceExample, prepare_preference, write_report
 from tuneforge.data.probes import Probe
 from tuneforge.data.template import IGNORE
@@ -143,6 +143,9 @@ class PreferenceMethod:
             f"loss {self.settings.loss}, reference {self.settings.reference}; trainable parameters {trainable:,}")
 
     # --- batches and loss ---------------------------------------------------------------------------
+
+    def epoch_order(self, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+        return epoch_batches(self.lengths(), batch_size, seed, epoch)
 
     def lengths(self) -> list[int]:
         return [unit_length(self.data.train, i, self.settings.paired) for i in range(len(self.data.train))]
