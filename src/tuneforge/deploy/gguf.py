@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from tuneforge.errors import ConfigError, ModelError
 
@@ -143,6 +142,7 @@ def add_model_metadata(writer, config) -> None:
 
 def add_tensors(writer, model, family: Family, quant_: Quant) -> None:
     import gguf
+    import torch
 
     config = model.config
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[family.arch.upper()], config.num_hidden_layers)
@@ -278,9 +278,19 @@ def adds_bos(tokenizer) -> bool:
 
 
 def turn_end(tokenizer, end_of_turn: list[int]) -> int:
-    """The token a chat reply ends with: a known end-of-turn marker if the vocabulary has one, else the first stop id."""
-    for marker in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"):
-        token_id = tokenizer.convert_tokens_to_ids(marker)
-        if token_id in end_of_turn:
-            return token_id
+    """The token a chat reply ends with: the stop token the chat template closes a reply with, else the tokenizer's
+    EOS, else the first stop id."""
+    texts = {token_id: tokenizer.convert_ids_to_tokens(token_id) for token_id in end_of_turn}
+    if getattr(tokenizer, "chat_template", None):
+        try:
+            rendered = tokenizer.apply_chat_template([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+                                                     tokenize=False)
+        except Exception:  # a template with its own rules about roles: fall back below
+            rendered = ""
+        closing = rendered[rendered.rfind("b"):]
+        for token_id, text in texts.items():
+            if text and text in closing:
+                return token_id
+    if tokenizer.eos_token_id in end_of_turn:
+        return tokenizer.eos_token_id
     return end_of_turn[0]
