@@ -18,10 +18,10 @@ import numpy as np
 from tuneforge.deploy import parity
 
 
-def open_llama(path: Path, n_ctx: int = 2048, logits_all: bool = False):
+def open_llama(path: Path, n_ctx: int = 2048, logits_all: bool = False, threads: int | None = None):
     from llama_cpp import Llama
 
-    threads = max(1, min(os.cpu_count() or 1, 4))
+    threads = threads or max(1, min(os.cpu_count() or 1, 4))
     return Llama(model_path=str(path), n_ctx=n_ctx, logits_all=logits_all, n_threads=threads,
                  n_threads_batch=threads, verbose=False)
 

@@ -60,6 +60,15 @@ def add_serve_parser(commands) -> None:
                        help="CPU threads for torch (default: one per core; on a busy machine 1 can be much faster)")
     serve.add_argument("--registry", type=Path, metavar="PATH", help="the model registry that registry:ALIAS is "
                        "looked up in (default: $TUNEFORGE_REGISTRY, else ./tuneforge-registry.db)")
+    serve.add_argument("--engine", choices=("builtin", "llama.cpp", "vllm"), default="builtin",
+                       help="what generates behind the same API: builtin (default; batching over transformers), "
+                       "llama.cpp (llama-cpp-python in process, on a GGUF export cached on first use; extra "
+                       "'tuneforge[llamacpp]'), vllm (a vLLM OpenAI server as a child process, on a merged export; "
+                       "vLLM in its own virtualenv, see --vllm-python). See docs/deploy.md")
+    serve.add_argument("--quant", default="q8_0", metavar="TYPE",
+                       help="--engine llama.cpp: the GGUF export's weights (f32, f16, bf16, q8_0; default q8_0)")
+    serve.add_argument("--vllm-python", metavar="PATH", help="--engine vllm: the python of the virtualenv vLLM is "
+                       "installed in (default: $TUNEFORGE_VLLM_PYTHON, else this python)")
     serve.add_argument("--registry-poll", type=float, metavar="SECONDS",
                        help="how often to check which version registry:ALIAS names (default 2)")
 
@@ -73,6 +82,7 @@ def options_from(args: argparse.Namespace) -> ServeOptions:
             max_batch_size=args.max_batch_size, batching=args.batching,
             log_db=None if args.no_log else Path(args.log_db), log_retention_days=args.log_retention_days,
             log_max_rows=args.log_max_rows, log_redact_pii=args.log_redact_pii,
+            engine=args.engine, engine_quant=args.quant, threads=args.threads, vllm_python=args.vllm_python,
         )
     except ValueError as exc:
         raise ConfigError(f"tuneforge serve: {exc}") from exc
@@ -85,6 +95,8 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
     from tuneforge.serve.served import load_served, parse_adapter_flag
 
     options = options_from(args)
+    if options.engine != "builtin" and not args.batching:
+        raise ConfigError("--no-batching applies to the built-in engine only")
     adapters = [parse_adapter_flag(flag) for flag in args.adapters]
     if args.threads is not None:
         if args.threads < 1:
@@ -120,13 +132,15 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
 
 def describe(served, options: ServeOptions) -> str:
     url = f"http://{options.host}:{options.port}"
-    lines = [f"models: {', '.join(served.names)}",
+    lines = [f"models: {', '.join(served.names)} (engine: {options.engine})",
              f"OpenAI base URL: {url}/v1    chat page: {url}/    metrics: {url}/metrics"]
     if options.api_keys:
         lines.append(f"API keys: {len(options.api_keys)} configured")
     else:
         lines.append("API keys: none (anyone who can reach the port can use it; see --api-key)")
     batching = f"up to {options.max_batch_size} sequences per step" if options.batching else "off (one request at a time)"
+    if options.engine != "builtin":
+        batching = f"by the {options.engine} engine"
     lines.append(f"batching: {batching}; limits: prompt {options.max_prompt_tokens} tokens, {options.max_new_tokens} "
                  f"new tokens, {options.max_concurrent} requests in flight, {options.request_timeout_s:g} s timeout")
     if options.log_db:

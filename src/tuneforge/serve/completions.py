@@ -24,7 +24,8 @@ from pydantic import BaseModel
 from tuneforge.models.generate import render_prompt
 from tuneforge.monitor.requestlog import Output, RequestLog, RequestRecord
 from tuneforge.serve import errors
-from tuneforge.serve.engine import Delta, Done, Engine, EngineClosed, Failed, Request, SamplingParams, asyncio_sink
+from tuneforge.serve.engine import Delta, Done, EngineClosed, Failed, Request, SamplingParams, asyncio_sink
+from tuneforge.serve.engines.api import EngineUnavailable, GenerationEngine, Unavailable
 from tuneforge.serve.errors import ApiError
 from tuneforge.serve.metrics import ServerMetrics
 from tuneforge.serve.options import ServeOptions
@@ -45,7 +46,7 @@ class ServerState:
     """Everything a route needs, held by the app (app.state.server)."""
 
     served: Served
-    engine: Engine
+    engine: GenerationEngine
     options: ServeOptions
     metrics: ServerMetrics
     in_flight: int = 0
@@ -195,7 +196,7 @@ class Generation:
         self.job, self.state = job, state
         self.queue: asyncio.Queue = asyncio.Queue()
         self.requests: list[Request] = []
-        self.engine: Engine | None = None
+        self.engine: GenerationEngine | None = None
         self.first_token_at: float | None = None
         self.counted = False
 
@@ -214,6 +215,9 @@ class Generation:
         try:
             for request in self.requests:
                 self.engine.submit(request)
+        except EngineUnavailable as exc:
+            self.close()
+            raise ApiError(503, str(exc), type="server_error", code="engine_unavailable") from None
         except EngineClosed:
             self.close()
             raise errors.shutting_down() from None
@@ -237,6 +241,8 @@ class Generation:
                 event = await asyncio.wait_for(self.queue.get(), max(deadline - time.monotonic(), 0.001))
             except TimeoutError:
                 raise errors.timed_out(self.state.options.request_timeout_s) from None
+            if isinstance(event, Unavailable):
+                raise ApiError(503, event.message, type="server_error", code="engine_unavailable")
             if isinstance(event, Failed):
                 raise ApiError(500, event.message, type="server_error", code="generation_failed")
             if self.first_token_at is None:
