@@ -260,9 +260,8 @@ class VllmEngine:
                     return
                 await self._relay(request, response)
         except self.httpx.TransportError as exc:
-            if self.process is not None and self.process.poll() is not None:
-                request.sink(Unavailable(f"the vLLM server exited while generating (code {self.process.returncode}); "
-                                         "it is being restarted, retry shortly"))
+            if await self._went_away():
+                request.sink(Unavailable(f"the vLLM server went away while generating this request: {self.problem}"))
             else:
                 self.stats.failures += 1
                 request.sink(Failed(f"generation failed: the vLLM server connection broke: {exc}"))
@@ -274,8 +273,15 @@ class VllmEngine:
             with self._lock:
                 self._inflight.pop(id(request), None)
 
+    async def _went_away(self, wait_s: float = 2.0) -> bool:
+        """Whether a broken connection means the child died (the monitor thread notices within moments)."""
+        deadline = time.monotonic() + wait_s
+        while self.problem is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self.problem is not None
+
     async def _relay(self, request: Request, response) -> None:
-        counted, total = [0] * request.n, 0
+        counted, total, finished = [0] * request.n, 0, 0
         async for line in response.aiter_lines():
             if request.cancelled:
                 return  # leaving the stream closes the connection, and vLLM aborts the request
@@ -296,3 +302,10 @@ class VllmEngine:
                     self.stats.prefilled_rows += 1
                     self.stats.decoded_rows += max(counted[index] - 1, 0)
                     request.sink(Done(request.first_choice + index, reason, counted[index]))
+                    finished += 1
+        if finished < request.n and not request.cancelled:  # the stream ended early: the server closed it
+            if await self._went_away():
+                request.sink(Unavailable(f"the vLLM server went away while generating this request: {self.problem}"))
+            else:
+                self.stats.failures += 1
+                request.sink(Failed("generation failed: the vLLM server ended the stream before the reply finished"))
