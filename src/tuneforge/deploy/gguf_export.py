@@ -51,6 +51,19 @@ TOLERANCES = {
 }
 
 
+@dataclass
+class GgufParityReport(parity.ParityReport):
+    llama_cpp: dict | None = None  # llama.cpp's figures (max |logit diff|, identical replies), when it checked
+
+    def summary(self) -> str:
+        text = super().summary()
+        if self.llama_cpp:
+            figures = self.llama_cpp
+            text += (f"; llama.cpp: max |logit diff| {figures['max_abs_logit_diff']:.3g} (tolerance {figures['atol']:g}), "
+                     f"greedy replies identical {figures['identical']}/{figures['prompts']}")
+        return text
+
+
 @dataclass(frozen=True)
 class GgufRequest:
     run: Path
@@ -145,19 +158,21 @@ def check_file(path: Path, prompts, tokenizer, reference: parity.Answers, genera
     checks = parity.compare(prompts, exported_prompts, tokenizer, reference, exported)
     reasons, warnings = parity.verdict(checks, tokenizer, reference, exported, tolerance.atol, request.max_new_tokens)
     reasons = relaxed(reasons, checks, tolerance, "transformers")
+    figures = None
     if use_llama_cpp:
         from tuneforge.deploy.gguf_llamacpp import llama_cpp_verdict
 
         console.print("checking the written file: llama.cpp (llama-cpp-python) answers the same prompts")
-        reasons += llama_cpp_verdict(path, prompts, tokenizer, reference, set(parity.eos_ids(generation)),
-                                     request.max_new_tokens, tolerance)
+        more, figures = llama_cpp_verdict(path, prompts, tokenizer, reference, set(parity.eos_ids(generation)),
+                                          request.max_new_tokens, tolerance)
+        reasons += more
     else:
         warnings.append("llama-cpp-python is not installed: the file was checked with transformers' GGUF reader only "
                         "(pip install 'tuneforge[llamacpp]' to check it with llama.cpp too)")
     diffs = [c.max_abs_logit_diff for c in checks if c.max_abs_logit_diff is not None]
-    return parity.ParityReport(not reasons, reasons, warnings, f"gguf {chosen.name}", "float32", tolerance.atol,
-                               max(diffs, default=float("nan")), request.max_new_tokens, prompts_source,
-                               parity.eos_ids(generation), checks)
+    return GgufParityReport(not reasons, reasons, warnings, f"gguf {chosen.name}", "float32", tolerance.atol,
+                            max(diffs, default=float("nan")), request.max_new_tokens, prompts_source,
+                            parity.eos_ids(generation), checks, figures or None)
 
 
 def relaxed(reasons: list[str], checks: list[parity.PromptCheck], tolerance: Tolerance, reader: str) -> list[str]:
@@ -175,8 +190,8 @@ def relaxed(reasons: list[str], checks: list[parity.PromptCheck], tolerance: Tol
 
 def failed_report(reason: str, chosen: gguf.Quant, tolerance: Tolerance, request: GgufRequest, prompts_source: str,
                   generation) -> parity.ParityReport:
-    return parity.ParityReport(False, [reason], [], f"gguf {chosen.name}", "float32", tolerance.atol, float("nan"),
-                               request.max_new_tokens, prompts_source, parity.eos_ids(generation), [])
+    return GgufParityReport(False, [reason], [], f"gguf {chosen.name}", "float32", tolerance.atol, float("nan"),
+                            request.max_new_tokens, prompts_source, parity.eos_ids(generation), [])
 
 
 def load_gguf(path: Path):
@@ -196,13 +211,10 @@ def llama_cpp_available() -> bool:
 
 def readme(source: Path, info: ModelInfo, chosen: gguf.Quant, report: parity.ParityReport, llama_cpp: bool) -> str:
     checked = "transformers' GGUF reader and llama.cpp" if llama_cpp else "transformers' GGUF reader"
-    identical = sum(p.identical for p in report.prompts)
     return (f"# {source.name} (GGUF, {chosen.name})\n\n"
             f"Exported by tuneforge from `{source}` ({info.method} fine-tune of `{info.base_model}`"
             f"{', LoRA merged' if info.method == 'lora' else ''}).\n\n"
             "- `model.gguf`: for llama.cpp (`llama-server -m model.gguf`), llama-cpp-python, LM Studio\n"
             "- `Modelfile`: for Ollama (`ollama create NAME -f Modelfile`, then `ollama run NAME`)\n"
             "- `parity.json`: the parity check's report\n\n"
-            f"Parity check ({checked}) on {len(report.prompts)} golden prompts from {report.prompts_source}: "
-            f"greedy replies identical {identical}/{len(report.prompts)}, max |logit diff| "
-            f"{report.max_abs_logit_diff:.3g} (tolerance {report.atol:g}).\n")
+            f"Parity check ({checked}): {report.summary()}.\n")

@@ -44,14 +44,14 @@ def logits_of(llm, tokens: list[int]) -> np.ndarray:
 
 
 def llama_cpp_verdict(path: Path, prompts: list[parity.GoldenPrompt], tokenizer, reference: parity.Answers,
-                      stops: set[int], max_new_tokens: int, tolerance) -> list[str]:
-    """Reasons the file fails under llama.cpp (empty when it passes)."""
+                      stops: set[int], max_new_tokens: int, tolerance) -> tuple[list[str], dict]:
+    """(reasons the file fails under llama.cpp, empty when it passes; its figures for the report)."""
     longest = max(len(p.input_ids) + len(r) for p, r in zip(prompts, reference.replies))
     try:
         llm = open_llama(path, n_ctx=max(longest, max(len(p.input_ids) for p in prompts) + max_new_tokens) + 8,
                          logits_all=True)
     except Exception as exc:  # llama.cpp refuses a broken file by raising ValueError/RuntimeError
-        return [f"llama.cpp cannot load the written file: {type(exc).__name__}: {exc}"]
+        return [f"llama.cpp cannot load the written file: {type(exc).__name__}: {exc}"], {}
     reasons = []
     try:
         retokenized = [p for p in prompts if llm.tokenize(p.text.encode(), add_bos=False, special=True) != p.input_ids]
@@ -79,6 +79,8 @@ def llama_cpp_verdict(path: Path, prompts: list[parity.GoldenPrompt], tokenizer,
             reasons.append(f"llama.cpp: greedy replies identical on {identical} of {len(prompts)} prompts, fewer than "
                            f"{tolerance.min_identical:.0%}; first difference on {source} at reply token {at}: the run's "
                            f"model gives {want!r}..., llama.cpp {got!r}...")
+        figures = {"max_abs_logit_diff": worst, "atol": tolerance.llama_cpp_atol, "identical": identical,
+                   "prompts": len(prompts), "same_tokenization": len(prompts) - len(retokenized)}
     finally:
-        llm.close() if hasattr(llm, "close") else None
-    return reasons
+        llm.close()
+    return reasons, figures
