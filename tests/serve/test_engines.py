@@ -27,7 +27,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--port", type=int)
+parser.add_argument("--model")
 args, _ = parser.parse_known_args()
+TAG = os.path.basename(args.model)[:6] if os.environ.get("FAKE_VLLM_ECHO_MODEL") else "w"
 with open(os.environ["FAKE_VLLM_ARGS"], "a") as out:
     out.write(json.dumps(sys.argv[1:]) + "\\n")
 
@@ -60,7 +62,7 @@ class Handler(BaseHTTPRequestHandler):
                     os._exit(3)
                 total += 1
                 last = i == body["max_tokens"] - 1
-                chunk = {"choices": [{"index": choice, "text": f"w{i} ", "finish_reason": "length" if last else None}],
+                chunk = {"choices": [{"index": choice, "text": f"{TAG}{i} ", "finish_reason": "length" if last else None}],
                          "usage": {"prompt_tokens": len(body["prompt"]), "completion_tokens": total}}
                 self.wfile.write(f"data: {json.dumps(chunk)}\\n\\n".encode())
                 self.wfile.flush()
@@ -191,3 +193,48 @@ def test_the_http_layer_is_the_same_over_the_vllm_engine(fake_vllm, tiny_model, 
     with sqlite3.connect(tmp_path / "log.db") as conn:
         statuses = [row[0] for row in conn.execute("SELECT status FROM requests ORDER BY created")]
     assert statuses == [200, 200, 503]
+
+
+def test_a_registry_promote_swaps_the_vllm_engine(fake_vllm, tiny_model, tmp_path, monkeypatch):
+    """serve registry:production --engine vllm: a promote starts a vLLM child on the new version's export, swaps it
+    in, and stops the old child once it has drained."""
+    from tests.serve.conftest import free_port, server_thread, wait_until
+    from tuneforge.models.load import ModelInfo
+    from tuneforge.registry.store import add_version, open_registry, set_alias
+    from tuneforge.serve.app import create_app
+    from tuneforge.serve.live import load_target, target_from
+
+    monkeypatch.setenv("FAKE_VLLM_ECHO_MODEL", "1")
+    final = tmp_path / "run-v2" / "final"
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    AutoModelForCausalLM.from_pretrained(tiny_model).save_pretrained(final)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(final)
+    ModelInfo(base_model=str(tiny_model), method="full").write(final)
+    conn = open_registry(tmp_path / "registry.db")
+    for directory in (tiny_model, final.parent):
+        add_version(conn, directory, base_model="tiny-llama", method="full")
+    set_alias(conn, "production", "v1")
+
+    target = target_from("registry:production", tmp_path / "registry.db", None, poll_s=0.1)
+    options = ServeOptions(port=free_port(), engine="vllm", vllm_python=sys.executable)
+    app = create_app(load_target(target), options, target)
+    state = app.state.server
+    with server_thread(app, options.port, timeout_graceful_shutdown=10):
+        from openai import OpenAI
+
+        client = OpenAI(base_url=f"http://127.0.0.1:{options.port}/v1", api_key="x", max_retries=0, timeout=60)
+
+        def ask():
+            reply = client.completions.create(model="production", prompt="Hi", max_tokens=1)
+            return reply.choices[0].text, reply.system_fingerprint
+
+        first_text, version = ask()
+        first_engine = state.engine
+        assert version == "v1"
+        set_alias(conn, "production", "v2")
+        wait_until(lambda: state.served.version == "v2", timeout=120)
+        second_text, version = ask()
+        assert version == "v2" and second_text != first_text  # another export directory answers
+        wait_until(lambda: first_engine.process.poll() is not None, timeout=60)  # the old child is gone
+    conn.close()
