@@ -58,7 +58,7 @@ def healthy(port: int) -> bool:
         return False
 
 
-def serve_and_ask(tmp_path: Path, engine: str, startup_s: float, *extra: str) -> None:
+def serve_and_ask(tmp_path: Path, engine: str, startup_s: float, extra: tuple[str, ...] = ()) -> None:
     model = model_dir(tmp_path / "model")
     port = free_port()
     log = (tmp_path / "server.log").open("w")
@@ -107,4 +107,4 @@ def test_serving_through_vllm_with_the_openai_client(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
                     reason="llama-cpp-python is not installed (pip install 'tuneforge[llamacpp]')")
 def test_serving_through_llama_cpp_with_the_openai_client(tmp_path):
-    serve_and_ask(tmp_path, "llama.cpp", startup_s=300, "--quant", "f32")
+    serve_and_ask(tmp_path, "llama.cpp", startup_s=300, extra=("--quant", "f32"))

@@ -38,6 +38,7 @@ class Tolerance:
     atol: float  # max |logit difference| over prompt + reference reply, transformers' reader (float32 compute)
     min_identical: float  # fraction of golden prompts whose greedy reply must be identical, token for token
     llama_cpp_atol: float  # the same for llama.cpp, which computes in its own kernels (and Q8_0 activations)
+    llama_cpp_min_identical: float = 0.75  # llama.cpp keeps its KV cache in float16: a near tie may flip even in f32
 
 
 # Measured on the quickstart run of SmolLM2-135M (bench/RESULTS.md, "GGUF export"), with margin.
