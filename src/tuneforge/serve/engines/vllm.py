@@ -5,7 +5,8 @@ interpreter comes from --vllm-python or $TUNEFORGE_VLLM_PYTHON, and the child ru
 `python -m vllm.entrypoints.openai.api_server` (the `vllm` command of the CPU wheel looks for a
 distribution named `vllm` and fails). The model it serves is the merged export of the served
 model, cached in TUNEFORGE_HOME/engines/merged/KEY/ (select.py), its generation config naming
-every end-of-turn token as EOS. Extra server flags: $TUNEFORGE_VLLM_ARGS (shell syntax).
+every end-of-turn token as EOS. On a CPU-only machine it may claim half of the RAM free at start
+(`cpu_memory_share`). Extra server flags: $TUNEFORGE_VLLM_ARGS (shell syntax; they come last, so they win).
 
 Requests reach vLLM as token ids (tokenized by tuneforge, so prompt limits and the request log see
 the same tokens) on /v1/completions, streamed; its text deltas and finish reasons come back as the
@@ -80,6 +81,23 @@ def merged_for(served: Served) -> Path:
     return fill_cache(cache_dir("merged", source_key(served, "merged")), write)
 
 
+def cpu_memory_share() -> float | None:
+    """On a machine without CUDA, the share of RAM vLLM's CPU backend may claim: half of what is free now.
+
+    Its default (0.92 of all RAM, `--gpu-memory-utilization` on the CPU backend) refuses to start unless
+    that much is free, which a shared machine rarely has. None with CUDA (vLLM's GPU default is right)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        total, free = (int(info[key].split()[0]) for key in ("MemTotal", "MemAvailable"))
+    except (OSError, KeyError, ValueError):
+        return 0.3
+    return max(0.05, min(0.9, 0.5 * free / total))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -129,6 +147,9 @@ class VllmEngine:
         args = [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir),
                 "--served-model-name", MODEL_NAME, "--host", "127.0.0.1", "--port", str(self.port),
                 "--max-model-len", str(self.max_model_len), "--generation-config", "auto"]
+        share = cpu_memory_share()
+        if share is not None:
+            args += ["--gpu-memory-utilization", f"{share:.2f}"]
         return args + shlex.split(os.environ.get(ARGS_ENV, ""))
 
     def _launch(self) -> None:
