@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -91,8 +92,10 @@ def serve_and_ask(tmp_path: Path, engine: str, startup_s: float, extra: tuple[st
         assert 'tuneforge_requests_total{endpoint="/v1/chat/completions",status="200"} 2.0' in metrics
     finally:
         process.terminate()
-        assert process.wait(120) == 0, (tmp_path / "server.log").read_text()[-3000:]
+        assert process.wait(120) in (0, -signal.SIGTERM), (tmp_path / "server.log").read_text()[-3000:]
         log.close()
+    log_text = (tmp_path / "server.log").read_text()
+    assert "Application shutdown complete" in log_text  # the engine (and a vLLM child) was shut down, not killed
     with sqlite3.connect(tmp_path / "requests.db") as conn:
         assert [row[0] for row in conn.execute("SELECT status FROM requests")] == [200, 200, 200]
 
