@@ -165,7 +165,7 @@ def check_file(path: Path, prompts, tokenizer, reference: parity.Answers, genera
 
         console.print("checking the written file: llama.cpp (llama-cpp-python) answers the same prompts")
         more, figures = llama_cpp_verdict(path, prompts, tokenizer, reference, set(parity.eos_ids(generation)),
-                                          request.max_new_tokens, tolerance)
+                                          request.max_new_tokens, tolerance, list(generation.suppress_tokens or ()))
         reasons += more
     else:
         warnings.append("llama-cpp-python is not installed: the file was checked with transformers' GGUF reader only "

@@ -26,14 +26,22 @@ def open_llama(path: Path, n_ctx: int = 2048, logits_all: bool = False, threads:
                  n_threads_batch=threads, verbose=False)
 
 
-def greedy_reply(llm, prompt: list[int], stops: set[int], max_new_tokens: int) -> tuple[list[int], bool]:
+def greedy_reply(llm, prompt: list[int], stops: set[int], max_new_tokens: int,
+                 suppressed: list[int] = ()) -> tuple[list[int], bool]:
+    """llama.cpp's greedy reply: the argmax of its own logits at each step, with the generation config's
+    suppressed tokens masked as transformers' `generate` masks them (the reference honours them too)."""
+    llm.reset()
+    llm.eval(prompt)
     reply: list[int] = []
-    for token in llm.generate(prompt, temp=0.0, top_k=1, top_p=1.0, repeat_penalty=1.0, reset=True):
-        reply.append(int(token))
+    while len(reply) < max_new_tokens:
+        scores = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+        if len(suppressed):
+            scores[list(suppressed)] = -np.inf
+        token = int(scores.argmax())
+        reply.append(token)
         if token in stops:
             return reply, True
-        if len(reply) >= max_new_tokens:
-            break
+        llm.eval([token])
     return reply, False
 
 
@@ -44,7 +52,7 @@ def logits_of(llm, tokens: list[int]) -> np.ndarray:
 
 
 def llama_cpp_verdict(path: Path, prompts: list[parity.GoldenPrompt], tokenizer, reference: parity.Answers,
-                      stops: set[int], max_new_tokens: int, tolerance) -> tuple[list[str], dict]:
+                      stops: set[int], max_new_tokens: int, tolerance, suppressed: list[int] = ()) -> tuple[list[str], dict]:
     """(reasons the file fails under llama.cpp, empty when it passes; its figures for the report)."""
     longest = max(len(p.input_ids) + len(r) for p, r in zip(prompts, reference.replies))
     try:
@@ -65,7 +73,7 @@ def llama_cpp_verdict(path: Path, prompts: list[parity.GoldenPrompt], tokenizer,
             diff = float(np.abs(scores - reference.logits[index].numpy()).max())
             if not diff <= worst:
                 worst, where = diff, prompt.source
-            reply, _ = greedy_reply(llm, prompt.input_ids, stops, max_new_tokens)
+            reply, _ = greedy_reply(llm, prompt.input_ids, stops, max_new_tokens, suppressed)
             if reply == expected:
                 identical += 1
             elif first is None:

@@ -77,12 +77,14 @@ def probe_check(model, tokenizer, path: Path, quant: str) -> None:
 
 
 class LlamaCppEngine:
-    def __init__(self, path: Path, tokenizer, stop_ids: list[int], n_ctx: int, threads: int | None = None):
+    def __init__(self, path: Path, tokenizer, stop_ids: list[int], n_ctx: int, threads: int | None = None,
+                 suppressed: list[int] = ()):
         from tuneforge.deploy.gguf_llamacpp import open_llama
 
         self.path = path
         self.tokenizer = tokenizer
         self.stop_ids = set(stop_ids)
+        self.suppressed = list(suppressed)  # the generation config's suppress_tokens, never sampled (as built-in)
         threads = threads or os.cpu_count() or 1
         self.llm = open_llama(path, n_ctx=n_ctx, threads=threads)
         self.n_ctx = n_ctx
@@ -104,7 +106,8 @@ class LlamaCppEngine:
         n_ctx = options.max_prompt_tokens + options.max_new_tokens
         if served.context_length:
             n_ctx = min(n_ctx, served.context_length)
-        engine = cls(path, served.tokenizer, stops, n_ctx, options.threads)
+        suppressed = getattr(getattr(served.model, "generation_config", None), "suppress_tokens", None) or []
+        engine = cls(path, served.tokenizer, stops, n_ctx, options.threads, suppressed)
         served.model = None  # llama.cpp holds the weights now; the transformers copy is freed
         return engine
 
@@ -181,7 +184,8 @@ class LlamaCppEngine:
         text, generated = TextStream(self.tokenizer, params.stop), 0
         self.stats.prefills += 1
         tokens = self.llm.generate(request.prompt, temp=params.temperature, top_p=params.top_p, top_k=0, min_p=0.0,
-                                   typical_p=1.0, repeat_penalty=1.0, reset=True)
+                                   typical_p=1.0, repeat_penalty=1.0, reset=True,
+                                   logits_processor=self._suppress if self.suppressed else None)
         for token in tokens:
             if request.cancelled:
                 return
@@ -197,6 +201,10 @@ class LlamaCppEngine:
             if reason:
                 request.sink(Done(choice, reason, generated))
                 return
+
+    def _suppress(self, input_ids, scores):
+        scores[self.suppressed] = -float("inf")
+        return scores
 
     def _advance(self, text: TextStream, token: int, generated: int, max_tokens: int) -> tuple[str | None, str]:
         """(finish reason or None, the text to send) after one new token, as the built-in engine decides them."""
