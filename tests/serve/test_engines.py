@@ -62,10 +62,13 @@ class Handler(BaseHTTPRequestHandler):
                     os._exit(3)
                 total += 1
                 last = i == body["max_tokens"] - 1
-                chunk = {"choices": [{"index": choice, "text": f"{TAG}{i} ", "finish_reason": "length" if last else None}],
-                         "usage": {"prompt_tokens": len(body["prompt"]), "completion_tokens": total}}
+                chunk = {"choices": [{"index": choice, "text": f"{TAG}{i} ", "finish_reason": "length" if last else None}]}
+                if body["stream_options"].get("continuous_usage_stats"):
+                    chunk["usage"] = {"prompt_tokens": len(body["prompt"]), "completion_tokens": total}
                 self.wfile.write(f"data: {json.dumps(chunk)}\\n\\n".encode())
                 self.wfile.flush()
+        usage = {"prompt_tokens": len(body["prompt"]), "completion_tokens": total}  # as vLLM: one last usage chunk
+        self.wfile.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\\n\\n".encode())
         self.wfile.write(b"data: [DONE]\\n\\n")
 
 

@@ -268,7 +268,7 @@ class VllmEngine:
         return {"model": MODEL_NAME, "prompt": request.prompt, "max_tokens": params.max_tokens,
                 "temperature": params.temperature, "top_p": params.top_p, "n": request.n, "seed": params.seed,
                 "stop": list(params.stop) or None, "stop_token_ids": self.stop_ids, "stream": True,
-                "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+                "stream_options": {"include_usage": True, "continuous_usage_stats": request.n > 1},
                 "skip_special_tokens": True}
 
     async def _forward(self, request: Request) -> None:
@@ -294,6 +294,16 @@ class VllmEngine:
             with self._lock:
                 self._inflight.pop(id(request), None)
 
+    def _done(self, request: Request, pending: dict[int, str], tokens: list[int]) -> int:
+        """Send Done for the choices that finished; how many."""
+        for index, reason in pending.items():
+            self.stats.prefilled_rows += 1
+            self.stats.decoded_rows += max(tokens[index] - 1, 0)
+            request.sink(Done(request.first_choice + index, reason, tokens[index]))
+        sent = len(pending)
+        pending.clear()
+        return sent
+
     async def _went_away(self, wait_s: float = 2.0) -> bool:
         """Whether a broken connection means the child died (the monitor thread notices within moments)."""
         deadline = time.monotonic() + wait_s
@@ -302,7 +312,11 @@ class VllmEngine:
         return self.problem is not None
 
     async def _relay(self, request: Request, response) -> None:
-        counted, total, finished = [0] * request.n, 0, 0
+        """Relay vLLM's chunks as engine events. A single choice's token count is the final usage chunk's
+        (Done waits for it: it follows the finishing chunk at once); with n > 1, continuous usage statistics
+        attribute each chunk's increase of the total to that chunk's choice."""
+        continuous = request.n > 1
+        counted, total, finished, pending = [0] * request.n, 0, 0, {}
         async for line in response.aiter_lines():
             if request.cancelled:
                 return  # leaving the stream closes the connection, and vLLM aborts the request
@@ -312,18 +326,19 @@ class VllmEngine:
             usage = chunk.get("usage") or {}
             for choice in chunk.get("choices", []):
                 index = choice["index"]
-                now = usage.get("completion_tokens")
+                now = usage.get("completion_tokens") if continuous else None
                 counted[index] += (now - total) if now is not None else 1
                 total = now if now is not None else total + 1
                 self._inflight[id(request)] = True
                 if choice.get("text"):
                     request.sink(Delta(request.first_choice + index, choice["text"]))
                 if choice.get("finish_reason"):
-                    reason = "length" if choice["finish_reason"] == "length" else "stop"
-                    self.stats.prefilled_rows += 1
-                    self.stats.decoded_rows += max(counted[index] - 1, 0)
-                    request.sink(Done(request.first_choice + index, reason, counted[index]))
-                    finished += 1
+                    pending[index] = "length" if choice["finish_reason"] == "length" else "stop"
+                    if continuous:
+                        finished += self._done(request, pending, counted)
+            if not chunk.get("choices") and "completion_tokens" in usage and pending and not continuous:
+                finished += self._done(request, pending, [usage["completion_tokens"]])
+        finished += self._done(request, pending, counted)
         if finished < request.n and not request.cancelled:  # the stream ended early: the server closed it
             if await self._went_away():
                 request.sink(Unavailable(f"the vLLM server went away while generating this request: {self.problem}"))
