@@ -41,14 +41,17 @@ class Tolerance:
     llama_cpp_min_identical: float = 0.75  # llama.cpp keeps its KV cache in float16: a near tie may flip even in f32
 
 
-# Measured on the quickstart run of SmolLM2-135M (bench/RESULTS.md, "GGUF export"), with margin.
-# Rounding weights to 16 bits moves logits by ~1e-2..1e-1, 8-bit blocks by ~0.5: a near tie in a
-# long greedy reply may then go the other way, so quantised files need most, not all, replies identical.
+# llama.cpp's max |logit diff| against the float32 transformers model, measured on SmolLM2-135M-Instruct
+# (a chat prompt, every position and vocabulary entry): f32 0.050, f16 0.089, bf16 0.33, q8_0 2.55
+# (llama.cpp also rounds activations to 8 bits in Q8_0 matmuls; argmax agreed on 97% of positions).
+# The tolerances leave room above those; transformers' reader (weights dequantized, float32 compute)
+# differs less. Rounding weights can turn a near tie in a long greedy reply the other way, so
+# quantised files need most, not all, replies identical. bench/RESULTS.md, "GGUF export".
 TOLERANCES = {
     "f32": Tolerance(atol=1e-3, min_identical=1.0, llama_cpp_atol=0.5),
     "f16": Tolerance(atol=0.25, min_identical=1.0, llama_cpp_atol=0.75),
     "bf16": Tolerance(atol=1.0, min_identical=0.75, llama_cpp_atol=1.5),
-    "q8_0": Tolerance(atol=1.5, min_identical=0.75, llama_cpp_atol=2.0),
+    "q8_0": Tolerance(atol=1.5, min_identical=0.75, llama_cpp_atol=4.0),
 }
 
 
