@@ -10,6 +10,7 @@ generated in that window (exact, partly finished answers included), requests/s a
 count the requests that finished in it.
 
     .venv/bin/python bench/serve_load.py --clients 8 --duration 45 [--threads 1] [--dtype bfloat16]
+    .venv/bin/python bench/serve_load.py --engines builtin,llama.cpp,vllm --duration 30   # engines (engine_load.py)
 """
 
 from __future__ import annotations
@@ -142,7 +143,16 @@ def main() -> None:
     parser.add_argument("--modes", default="on,off", help="on, off or on,off")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice, one per core)")
     parser.add_argument("--dtype", default="float32", help="decoding dtype: float32 or bfloat16 (tuneforge serve --dtype)")
+    parser.add_argument("--engines", help="compare engines instead of batching modes: builtin,llama.cpp,vllm "
+                        "(each behind tuneforge's API, and each fast engine against its own server; bench/engine_load.py)")
+    parser.add_argument("--client-counts", default="1,8", help="with --engines: the client counts to run (default 1,8)")
+    parser.add_argument("--quant", default="q8_0", help="with --engines: llama.cpp's GGUF quantisation (default q8_0)")
     args = parser.parse_args()
+    if args.engines:
+        from engine_load import run_engines  # bench/ is on sys.path when run as a script
+
+        run_engines(args)
+        return
 
     import torch
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from tuneforge.deploy.gguf import QUANTS
 from tuneforge.errors import ConfigError
 
 PARITY_FAILED_EXIT = 3  # as a failed gate in `tuneforge eval`
@@ -22,15 +23,22 @@ def add_parsers(commands) -> None:
         "serving format). Before DIR is written, the export is loaded back from the written files and must answer "
         "golden prompts (the run's validation data) as the run's model does: logits within a tolerance (float32), "
         "identical greedy replies, ending at the end-of-turn token. An export that fails is not written; exits 3 "
-        "and says why. DIR also gets README.md (model card) and parity.json.")
+        "and says why. DIR also gets README.md (model card) and parity.json. --format gguf writes DIR/model.gguf (LoRA "
+        "merged first) for llama.cpp and Ollama, with an Ollama Modelfile, checked by reading the file back with "
+        "transformers' GGUF reader and llama.cpp (when llama-cpp-python is installed).")
     export.set_defaults(func=run_export)
     export.add_argument("run", type=Path, metavar="RUN", help="a run directory or a checkpoint directory")
     export.add_argument("--to", type=Path, required=True, metavar="DIR", help="the export directory (new or empty)")
-    mode = export.add_mutually_exclusive_group(required=True)
+    mode = export.add_mutually_exclusive_group()
     mode.add_argument("--merge", dest="mode", action="store_const", const="merge",
                       help="a full model: safetensors, config, tokenizer with chat template, generation config")
     mode.add_argument("--adapter", dest="mode", action="store_const", const="adapter",
                       help="the LoRA adapter alone (PEFT format), with the tokenizer and generation config")
+    export.add_argument("--format", choices=("hf", "gguf"), default="hf",
+                        help="hf (default): transformers/PEFT files; gguf: one GGUF file + Ollama Modelfile (merged)")
+    export.add_argument("--quant", default="q8_0", metavar="TYPE",
+                        help=f"GGUF weights: {', '.join(QUANTS)} (default q8_0); K-quants (q4_k_m ...) are refused: "
+                        "gguf-py cannot write them, use llama.cpp's llama-quantize on an f16 export")
     export.add_argument("--overwrite", action="store_true", help="replace DIR when it is not empty")
     export.add_argument("--prompts", type=Path, metavar="FILE",
                         help='golden prompts: JSONL of {"prompt": ...} or chat data (default: the run\'s validation data)')
@@ -48,11 +56,7 @@ def run_export(args: argparse.Namespace, console: Console) -> int:
         raise ConfigError(f"--prompts {args.prompts}: no such file")
     if args.limit < 1 or args.max_new_tokens < 1:
         raise ConfigError("--limit and --max-new-tokens must be at least 1")
-    from tuneforge.deploy.export import ExportRequest, export
-
-    request = ExportRequest(args.run, args.to, args.mode, args.overwrite, args.prompts, args.limit,
-                            args.max_new_tokens, args.dtype, args.atol)
-    result = export(request, console)
+    result = gguf_export(args, console) if args.format == "gguf" else hf_export(args, console)
     report = result.report
     console.print(report.summary(), highlight=False)
     for warning in report.warnings:
@@ -64,3 +68,27 @@ def run_export(args: argparse.Namespace, console: Console) -> int:
         return PARITY_FAILED_EXIT
     console.print(f"exported: {result.directory} (model card README.md, parity report parity.json)", highlight=False)
     return 0
+
+
+def hf_export(args: argparse.Namespace, console: Console):
+    from tuneforge.deploy.export import ExportRequest, export
+
+    if args.mode is None:
+        raise ConfigError("tuneforge export: pass --merge or --adapter (or --format gguf)")
+    request = ExportRequest(args.run, args.to, args.mode, args.overwrite, args.prompts, args.limit,
+                            args.max_new_tokens, args.dtype, args.atol)
+    return export(request, console)
+
+
+def gguf_export(args: argparse.Namespace, console: Console):
+    from tuneforge.deploy.gguf import quant
+    from tuneforge.deploy.gguf_export import GgufRequest, export_gguf
+
+    if args.mode == "adapter":
+        raise ConfigError("--format gguf writes a merged model; --adapter does not apply (drop it)")
+    if args.dtype != "auto" or args.atol is not None:
+        raise ConfigError("--dtype and --atol apply to --format hf; a GGUF export's precision is --quant, and its "
+                          "tolerance is the quantisation's (docs/deploy.md)")
+    quant(args.quant)  # refused before anything loads
+    return export_gguf(GgufRequest(args.run, args.to, args.quant, args.overwrite, args.prompts, args.limit,
+                                   args.max_new_tokens), console)

@@ -76,6 +76,15 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
                        "looked up in (default: $TUNEFORGE_REGISTRY, else ./tuneforge-registry.db)")
     serve.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_ROOT, metavar="DIR",
                        help=f"where the dashboard at / looks for run directories (default ./{DEFAULT_RUNS_ROOT})")
+    serve.add_argument("--engine", choices=("builtin", "llama.cpp", "vllm"), default="builtin",
+                       help="what generates behind the same API: builtin (default; batching over transformers), "
+                       "llama.cpp (llama-cpp-python in process, on a GGUF export cached on first use; extra "
+                       "'tuneforge[llamacpp]'), vllm (a vLLM OpenAI server as a child process, on a merged export; "
+                       "vLLM in its own virtualenv, see --vllm-python). See docs/deploy.md")
+    serve.add_argument("--quant", default="q8_0", metavar="TYPE",
+                       help="--engine llama.cpp: the GGUF export's weights (f32, f16, bf16, q8_0; default q8_0)")
+    serve.add_argument("--vllm-python", metavar="PATH", help="--engine vllm: the python of the virtualenv vLLM is "
+                       "installed in (default: $TUNEFORGE_VLLM_PYTHON, else this python)")
     serve.add_argument("--registry-poll", type=float, metavar="SECONDS",
                        help="how often to check which version registry:ALIAS names (default 2)")
 
@@ -90,6 +99,7 @@ def options_from(args: argparse.Namespace) -> ServeOptions:
             log_db=None if args.no_log else Path(args.log_db), log_retention_days=args.log_retention_days,
             log_max_rows=args.log_max_rows, log_redact_pii=args.log_redact_pii,
             runs_dir=args.runs_dir, registry_db=args.registry,
+            engine=args.engine, engine_quant=args.quant, threads=args.threads, vllm_python=args.vllm_python,
         )
     except ValueError as exc:
         raise ConfigError(f"tuneforge serve: {exc}") from exc
@@ -99,6 +109,8 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
     from tuneforge.serve.app import create_app
 
     options = options_from(args)
+    if options.engine != "builtin" and not args.batching:
+        raise ConfigError("--no-batching applies to the built-in engine only")
     served, target = load_for_serving(args, options, console)
     app = create_app(served, options, target)
     announce(served, options, target, console)
@@ -167,10 +179,12 @@ def describe(served, options: ServeOptions) -> str:
         batching = (f"batching: requests waiting together share forward passes of up to {options.max_batch_size} texts; "
                     f"limits: {MAX_TEXTS} texts per request, {limits}")
     else:
-        lines = [f"models: {', '.join(served.names)}",
+        lines = [f"models: {', '.join(served.names)} (engine: {options.engine})",
                  f"OpenAI base URL: {url}/v1    dashboard: {url}/    metrics: {url}/metrics"]
         batching = (f"batching: up to {options.max_batch_size} sequences per step" if options.batching
                     else "batching: off (one request at a time)")
+        if options.engine != "builtin":
+            batching = f"batching: by the {options.engine} engine"
         batching += (f"; limits: prompt {options.max_prompt_tokens} tokens, {options.max_new_tokens} new tokens, "
                      + limits)
     if options.api_keys:

@@ -25,7 +25,8 @@ from tuneforge.models.generate import render_prompt
 from tuneforge.monitor.requestlog import Output, RequestLog, RequestRecord
 from tuneforge.serve import errors
 from tuneforge.serve.classifier import ClassifierWorker, ServedClassifier
-from tuneforge.serve.engine import Delta, Done, Engine, EngineClosed, Failed, Request, SamplingParams, asyncio_sink
+from tuneforge.serve.engine import Delta, Done, EngineClosed, Failed, Request, SamplingParams, asyncio_sink
+from tuneforge.serve.engines.api import EngineUnavailable, GenerationEngine, Unavailable
 from tuneforge.serve.errors import ApiError
 from tuneforge.serve.extra import ExtraModels
 from tuneforge.serve.metrics import ServerMetrics
@@ -48,7 +49,7 @@ class ServerState:
     classifier and its worker (classify.py)."""
 
     served: Served | ServedClassifier
-    engine: Engine | ClassifierWorker
+    engine: GenerationEngine | ClassifierWorker
     options: ServeOptions
     metrics: ServerMetrics
     in_flight: int = 0
@@ -119,7 +120,7 @@ class Job:
     n: int
     version: str | None = None  # the registry version of the model that takes it (Served.version when accepted)
     started: float = field(default_factory=time.monotonic)
-    engine: Engine | None = None  # an extra model's engine (extra.py); None: the server's main engine
+    engine: GenerationEngine | None = None  # an extra model's engine (extra.py); None: the server's main engine
 
     @property
     def endpoint(self) -> str:
@@ -160,7 +161,7 @@ def completion_job(body: CompletionRequest, state: ServerState, arrival: Arrival
                engine=engine)
 
 
-def target(name: str | None, state: ServerState) -> tuple[Served, Engine | None]:
+def target(name: str | None, state: ServerState) -> tuple[Served, GenerationEngine | None]:
     """The served model that answers `name`, and its engine: an extra model made ready by ExtraModels.ensure, or the
     main model (engine None: Generation takes the main engine when it starts, in the same step as this read)."""
     loaded = state.extra.get(name) if state.extra is not None and name not in state.served.names else None
@@ -215,7 +216,7 @@ class Generation:
         self.job, self.state = job, state
         self.queue: asyncio.Queue = asyncio.Queue()
         self.requests: list[Request] = []
-        self.engine: Engine | None = None
+        self.engine: GenerationEngine | None = None
         self.first_token_at: float | None = None
         self.counted = False
 
@@ -235,6 +236,9 @@ class Generation:
         try:
             for request in self.requests:
                 self.engine.submit(request)
+        except EngineUnavailable as exc:
+            self.close()
+            raise ApiError(503, str(exc), type="server_error", code="engine_unavailable") from None
         except EngineClosed:
             self.close()
             raise errors.shutting_down() from None
@@ -258,6 +262,8 @@ class Generation:
                 event = await asyncio.wait_for(self.queue.get(), max(deadline - time.monotonic(), 0.001))
             except TimeoutError:
                 raise errors.timed_out(self.state.options.request_timeout_s) from None
+            if isinstance(event, Unavailable):
+                raise ApiError(503, event.message, type="server_error", code="engine_unavailable")
             if isinstance(event, Failed):
                 raise ApiError(500, event.message, type="server_error", code="generation_failed")
             if self.first_token_at is None:

@@ -30,9 +30,9 @@ from tuneforge.errors import ConfigError, ModelError, TuneforgeError
 from tuneforge.registry.store import (
     ALIASES, RegistryError, Version, aliases, list_versions, open_registry, registry_path, resolve,
 )
-from tuneforge.serve.engine import Engine, EngineStats
+from tuneforge.serve.engine import EngineStats
+from tuneforge.serve.engines.api import GenerationEngine
 from tuneforge.serve.options import ServeOptions
-from tuneforge.models.packed import for_decoding
 from tuneforge.serve.served import Served, load_served
 
 log = logging.getLogger("tuneforge.serve")
@@ -113,9 +113,11 @@ def load_target(target: RegistryTarget, adapters: list[tuple[str, str]] = ()) ->
     return load_version(resolve_target(target), target)
 
 
-def new_engine(served: Served, options: ServeOptions) -> Engine:
-    served.model = for_decoding(served.model, options.dtype)  # each swapped-in version too
-    return Engine(served.model, served.tokenizer, options.max_batch_size, options.batching)
+def new_engine(served: Served, options: ServeOptions) -> GenerationEngine:
+    """The engine `options.engine` names, for `served` (serve/engines/select.py)."""
+    from tuneforge.serve.engines.select import build_engine
+
+    return build_engine(served, options)
 
 
 class EngineTotals:
@@ -126,22 +128,22 @@ class EngineTotals:
     run, so they never go down at a swap, as Prometheus counters must not.
     """
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: GenerationEngine):
         self._lock = threading.Lock()
         self._engines = [engine]
         self._finished = EngineStats()
 
-    def add(self, engine: Engine) -> None:
+    def add(self, engine: GenerationEngine) -> None:
         with self._lock:
             self._engines.append(engine)
 
-    def retire(self, engine: Engine) -> None:
+    def retire(self, engine: GenerationEngine) -> None:
         """Fold a shut-down engine's counters into the totals and let go of it (and its model)."""
         with self._lock:
             self._engines.remove(engine)
             self._finished = summed([self._finished, engine.stats])
 
-    def _running(self) -> list[Engine]:
+    def _running(self) -> list[GenerationEngine]:
         with self._lock:
             return list(self._engines)
 
@@ -239,11 +241,11 @@ class AliasWatcher:
             log.warning("registry:%s: %s still generating after %g s; unloaded anyway", self.target.name, old_version,
                         self.state.options.request_timeout_s)
 
-    def _swap(self, served: Served, engine: Engine) -> tuple[Served, Engine]:
+    def _swap(self, served: Served, engine: GenerationEngine) -> tuple[Served, GenerationEngine]:
         """Replace the served model and its engine together, on the event loop's thread (between two handler steps)."""
         state = self.state
 
-        async def swap() -> tuple[Served, Engine]:
+        async def swap() -> tuple[Served, GenerationEngine]:
             old = state.served, state.engine
             state.served, state.engine = served, engine
             return old

@@ -37,6 +37,11 @@ class ServeOptions:
     # (None: registry/store.py's default, $TUNEFORGE_REGISTRY else ./tuneforge-registry.db).
     runs_dir: Path = Path("runs")
     registry_db: Path | None = None
+    # What generates (serve/engines/): the built-in batching engine, llama.cpp in process, or a vLLM child process.
+    engine: str = "builtin"
+    engine_quant: str = "q8_0"  # the GGUF quantisation llama.cpp serves
+    threads: int | None = None  # CPU threads for the engine (torch or llama.cpp); None: one per core
+    vllm_python: str | None = None  # the vLLM virtualenv's interpreter; None: $TUNEFORGE_VLLM_PYTHON
 
     def __post_init__(self) -> None:
         for name in ("max_prompt_tokens", "max_new_tokens", "max_concurrent", "max_batch_size", "max_body_bytes"):
@@ -44,6 +49,8 @@ class ServeOptions:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.dtype not in DECODE_DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DECODE_DTYPES)}, got {self.dtype!r}")
+        if self.engine not in ("builtin", "llama.cpp", "vllm"):
+            raise ValueError(f"engine must be builtin, llama.cpp or vllm, got {self.engine!r}")
         if self.request_timeout_s <= 0:
             raise ValueError(f"request_timeout_s must be positive, got {self.request_timeout_s}")
         if self.log_db is not None:

@@ -1,0 +1,1 @@
+"""Generation engines behind serve's routes: the built-in one (serve/engine.py), llama.cpp, vLLM (see api.py)."""
