@@ -16,7 +16,7 @@ import torch
 from tests.conftest import CHATML, LLAMA3, make_model_dir, train_tokenizer
 from tests.deploy.test_export import write_run
 from tuneforge.deploy import gguf, modelfile
-from tuneforge.deploy.commands import PARITY_FAILED_EXIT, add_export_parser, run_export
+from tuneforge.deploy.commands import PARITY_FAILED_EXIT, add_parsers, run_export
 from tuneforge.deploy.gguf_export import TOLERANCES, GgufRequest, export_gguf, load_gguf
 from tuneforge.errors import ConfigError, ModelError
 from tuneforge.models.generate import end_of_turn_ids
@@ -34,7 +34,7 @@ def console():
 
 def cli(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="tuneforge")
-    add_export_parser(parser.add_subparsers(dest="command"))
+    add_parsers(parser.add_subparsers(dest="command"))
     return parser.parse_args(["export", *argv])
 
 

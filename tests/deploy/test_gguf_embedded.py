@@ -15,7 +15,7 @@ from tests.conftest import ROOT
 from tuneforge.config import load_config
 from tuneforge.deploy.gguf_export import GgufRequest, export_gguf
 from tuneforge.models import embedded
-from tuneforge.train.loop import train
+from tuneforge.train.driver import train
 
 pytestmark = [
     pytest.mark.slow,
