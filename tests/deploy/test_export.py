@@ -229,8 +229,8 @@ def test_last_reply_start_finds_the_last_trained_run():
 
 
 def test_cli_requires_one_of_merge_or_adapter(capsys):
-    with pytest.raises(SystemExit):
-        cli("runs/x", "--to", "out")
+    with pytest.raises(ConfigError, match="pass --merge or --adapter"):  # --format gguf needs neither
+        run_export(cli("runs/x", "--to", "out"), _console())
     with pytest.raises(SystemExit):
         cli("runs/x", "--to", "out", "--merge", "--adapter")
     assert cli("runs/x", "--to", "out", "--adapter").mode == "adapter"
