@@ -44,6 +44,8 @@ class Tolerance:
 # llama.cpp's max |logit diff| against the float32 transformers model, measured on SmolLM2-135M-Instruct
 # (a chat prompt, every position and vocabulary entry): f32 0.050, f16 0.089, bf16 0.33, q8_0 2.55
 # (llama.cpp also rounds activations to 8 bits in Q8_0 matmuls; argmax agreed on 97% of positions).
+# The quickstart fine-tune (sharper logits) as q8_0 on 4 golden prompts: transformers 2.02 and 3/4 replies
+# identical, llama.cpp 5.14 and 2/4 identical (first differences after 11+ tokens): hence q8_0's wider limits.
 # The tolerances leave room above those; transformers' reader (weights dequantized, float32 compute)
 # differs less. Rounding weights can turn a near tie in a long greedy reply the other way, so
 # quantised files need most, not all, replies identical. bench/RESULTS.md, "GGUF export".
@@ -51,7 +53,7 @@ TOLERANCES = {
     "f32": Tolerance(atol=1e-3, min_identical=1.0, llama_cpp_atol=0.5),
     "f16": Tolerance(atol=0.25, min_identical=1.0, llama_cpp_atol=0.75),
     "bf16": Tolerance(atol=1.0, min_identical=0.75, llama_cpp_atol=1.5),
-    "q8_0": Tolerance(atol=1.5, min_identical=0.75, llama_cpp_atol=4.0),
+    "q8_0": Tolerance(atol=3.0, min_identical=0.75, llama_cpp_atol=8.0, llama_cpp_min_identical=0.5),
 }
 
 
