@@ -16,7 +16,7 @@ from tuneforge.train.policy_loss import clipped_objective, group_advantages
 
 def even_tokens(prompts, completions, completion_ids, **kwargs):
     """A TRL-style reward: the share of the answer's tokens whose id is even (the toy task)."""
-    return [sum(t % 2 == 0 for t in ids) / len(ids) for ids in completion_ids]
+    return [sum(t % 2 == 0 for t in ids) / max(len(ids), 1) for ids in completion_ids]  # an empty answer: 0
 
 
 def prompt_rows(n: int) -> list[dict]:

@@ -1,7 +1,7 @@
 """Per-step losses of every training method pinned on tiny models (torchtune's habit).
 
 The numbers were recorded with the code before the step driver (issue 17) replaced the two
-training loops (the chat loop and the classifier's), on a tokenizer trained on examples/ only; a refactor of the engine must reproduce them, so any change in batch order,
+training loops (the chat loop and the classifier's), on a tokenizer trained on three example folders (tests/conftest.py: CORPUS_FOLDERS); a refactor of the engine must reproduce them, so any change in batch order,
 accumulation, loss composition or the optimizer shows here as a number that moved.  Each case
 trains a few steps on one thread (deterministic) and compares every logged train_loss and
 eval_loss.  If a change is *meant* to alter the numbers, re-record them and say why in the commit.
@@ -17,43 +17,9 @@ from tuneforge.config import load_config
 from tuneforge.train.driver import train
 from tuneforge.evaluate.run_metrics import read_metrics
 
+from tests.classify.conftest import tiny_bert  # noqa: F401  (a fixture)
 from tests.classify.conftest import write_config as write_classify_config
-from tests.conftest import CHATML, ROOT, chat_records, make_model_dir, write_jsonl
-
-@pytest.fixture(scope="module")
-def chatml_tokenizer():
-    """The test tokenizer trained on the examples alone: the shared one also learns from src/, so every
-    change of the source would move these numbers."""
-    from tests.conftest import SPECIALS
-
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    # the example folders the numbers were recorded with: a new example folder must not move them
-    folders = ("beekeeping", "identity", "intents")
-    texts = [line for folder in folders for path in sorted((ROOT / "examples" / folder).rglob("*.jsonl"))
-             for line in path.read_text().splitlines()]
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    core.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=600, special_tokens=SPECIALS,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|im_end|>")
-    tokenizer.chat_template = CHATML
-    return tokenizer
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, chatml_tokenizer):
-    return make_model_dir(tmp_path_factory.mktemp("pinned-llama"), chatml_tokenizer, "<|im_end|>")
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory, chatml_tokenizer):
-    from tests.classify.conftest import save_tiny_bert
-
-    return save_tiny_bert(tmp_path_factory.mktemp("pinned-bert"), chatml_tokenizer)
-
+from tests.conftest import chat_records, write_jsonl
 
 CHAT = {"train.max_steps": 4, "train.grad_accum": 2, "train.preflight": "off", "eval.general_check": False,
         "eval.every_steps": 2, "checkpoint.every_steps": 100}
