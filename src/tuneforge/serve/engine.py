@@ -137,28 +137,17 @@ class EngineStats:
         return self.prefilled_rows + self.decoded_rows
 
 
-class Engine:
-    def __init__(self, model, tokenizer, max_batch_size: int = 16, batching: bool = True):
-        self.model = model
-        self.tokenizer = copy.deepcopy(tokenizer)  # decoded on the scheduler thread, encoded by the web thread
-        self.device = next(model.parameters()).device
-        self.max_batch_size = max_batch_size
-        self.batching = batching
-        self.stop_ids = set(end_of_turn_ids(getattr(model, "generation_config", None), tokenizer))
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.suppressed = suppressed_tokens(model, self.device)
-        self.mixed_adapters = hasattr(model, "peft_config")
-        self.core = model.get_base_model() if self.mixed_adapters else model
-        self.cache_keyword = "cache" if "cache" in inspect.signature(self.core.forward).parameters else "past_key_values"
-        self.new_cache()  # refuses models whose cache layers cannot be joined
-        self.stats = EngineStats()
-        self.batch: Batch | None = None
+class RequestQueue:
+    """What an engine that generates on its own thread shares with any other (the built-in engine, the
+    llama.cpp one): a queue of admitted requests, the thread, and how it starts, takes requests and drains.
+    The thread runs `self._run`, which waits on `_wake` for `_waiting` and stops once `_closing` is set
+    and nothing is left."""
+
+    def _init_queue(self, thread_name: str) -> None:
         self._waiting: deque[Request] = deque()
         self._wake = threading.Condition()
         self._closing = False
-        self._thread = threading.Thread(target=self._run, name="tuneforge-engine", daemon=True)
-
-    # --- called from other threads -------------------------------------------------------------
+        self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -186,6 +175,28 @@ class Engine:
     @property
     def queue_depth(self) -> int:
         return len(self._waiting)
+
+
+class Engine(RequestQueue):
+    def __init__(self, model, tokenizer, max_batch_size: int = 16, batching: bool = True):
+        self.model = model
+        self.tokenizer = copy.deepcopy(tokenizer)  # decoded on the scheduler thread, encoded by the web thread
+        self.device = next(model.parameters()).device
+        self.max_batch_size = max_batch_size
+        self.batching = batching
+        self.stop_ids = set(end_of_turn_ids(getattr(model, "generation_config", None), tokenizer))
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.suppressed = suppressed_tokens(model, self.device)
+        self.mixed_adapters = hasattr(model, "peft_config")
+        self.core = model.get_base_model() if self.mixed_adapters else model
+        self.cache_keyword = "cache" if "cache" in inspect.signature(self.core.forward).parameters else "past_key_values"
+        self.new_cache()  # refuses models whose cache layers cannot be joined
+        self.stats = EngineStats()
+        self.batch: Batch | None = None
+        self._init_queue("tuneforge-engine")
+
+    # --- called from other threads -------------------------------------------------------------
+
 
     @property
     def running(self) -> int:

@@ -19,14 +19,12 @@ from __future__ import annotations
 import logging
 import os
 import random
-import threading
-from collections import deque
 from pathlib import Path
 
 from tuneforge.errors import ModelError
 from tuneforge.models.generate import end_of_turn_ids
 from tuneforge.serve.decoding import TextStream
-from tuneforge.serve.engine import Delta, Done, EngineClosed, EngineStats, Failed, Request
+from tuneforge.serve.engine import Delta, Done, EngineStats, Failed, Request, RequestQueue
 from tuneforge.serve.engines.api import missing_engine
 from tuneforge.serve.engines.select import cache_dir, fill_cache, merged_model, source_key
 from tuneforge.serve.options import ServeOptions
@@ -76,7 +74,7 @@ def probe_check(model, tokenizer, path: Path, quant: str) -> None:
                          f"(tolerance {TOLERANCES[quant].llama_cpp_atol:g} for {quant}); serve it with --engine builtin")
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(RequestQueue):
     def __init__(self, path: Path, tokenizer, stop_ids: list[int], n_ctx: int, threads: int | None = None,
                  suppressed: list[int] = ()):
         from tuneforge.deploy.gguf_llamacpp import open_llama
@@ -89,11 +87,8 @@ class LlamaCppEngine:
         self.llm = open_llama(path, n_ctx=n_ctx, threads=threads)
         self.n_ctx = n_ctx
         self.stats = EngineStats()
-        self._waiting: deque[Request] = deque()
         self._current: Request | None = None
-        self._wake = threading.Condition()
-        self._closing = False
-        self._thread = threading.Thread(target=self._run, name="tuneforge-llama.cpp", daemon=True)
+        self._init_queue("tuneforge-llama.cpp")
 
     @classmethod
     def for_served(cls, served: Served, options: ServeOptions) -> LlamaCppEngine:
@@ -113,35 +108,13 @@ class LlamaCppEngine:
 
     # --- called from other threads -------------------------------------------------------------
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def submit(self, request: Request) -> None:
-        with self._wake:
-            if self._closing:
-                raise EngineClosed("the server is shutting down")
-            self._waiting.append(request)
-            self._wake.notify()
-
     def shutdown(self, timeout: float | None = None) -> bool:
-        with self._wake:
-            self._closing = True
-            self._wake.notify()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-        finished = not self._thread.is_alive()
+        """As the built-in engine's, then frees llama.cpp's weights once the thread has ended."""
+        finished = super().shutdown(timeout)
         if finished and self.llm is not None:
             self.llm.close()
             self.llm = None
         return finished
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive() and not self._closing
-
-    @property
-    def queue_depth(self) -> int:
-        return len(self._waiting)
 
     @property
     def running(self) -> int:
