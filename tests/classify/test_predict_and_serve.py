@@ -142,8 +142,8 @@ def get(url: str, path: str):
 
 
 def test_concurrent_requests_share_forward_passes_are_metered_and_logged(classifier, tmp_path, one_thread):
-    """8 clients at once: all answered, in 2 rounds of forward passes (the first holds the rest back), each with
-    its own predictions; /metrics counts them under /v1/classify and the request log has each with its labels."""
+    """8 clients: all answered, in 2 rounds of forward passes (one request, held at the gate, then the 7 that
+    queued behind it), each with its own predictions; /metrics counts them under /v1/classify and the request log has each with its labels."""
     texts = [["apple"], ["storm fog", "pliers"], ["drill today"], ["rain", "plum", "my saw"], ["banana and wind"],
              ["hammer"], ["the cloud", "a lemon"], ["snow again", "chisel", "cherry", "fog"]]
     with live_server(classifier, log_db=tmp_path / "requests.db") as (url, state):
@@ -154,9 +154,11 @@ def test_concurrent_requests_share_forward_passes_are_metered_and_logged(classif
 
         with gated(state.engine) as gate:
             clients = [threading.Thread(target=client, args=(i,)) for i in range(len(texts))]
-            for thread in clients:
+            clients[0].start()
+            wait_until(lambda: state.engine.running > 0)  # the first round holds one request at the gate
+            for thread in clients[1:]:
                 thread.start()
-            wait_until(lambda: state.in_flight == len(texts))  # all submitted; the first round waits at the gate
+            wait_until(lambda: state.in_flight == len(texts))  # the other 7 wait for the second round
             gate.set()
             for thread in clients:
                 thread.join(30)
