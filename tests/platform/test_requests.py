@@ -51,18 +51,6 @@ def test_an_upload_over_the_limit_is_413_and_leaves_nothing(keyed, tmp_path):
     assert not list((keyed.root / "files").glob("*.part"))
 
 
-@pytest.mark.parametrize("method", ["dpo", "reinforcement"])
-def test_methods_not_built_yet_are_400_naming_the_method(keyed, tiny_served, training_jsonl, method):
-    client = keyed.client("key-a")
-    uploaded = client.files.create(file=training_jsonl.open("rb"), purpose="fine-tune")
-    with pytest.raises(openai.BadRequestError) as refused:
-        client.fine_tuning.jobs.create(model=tiny_served.default, training_file=uploaded.id,
-                                       method={"type": method, method: {"hyperparameters": {}}})
-    assert f"'{method}' is not available" in refused.value.message
-    assert refused.value.body["param"] == "method.type" and refused.value.body["code"] == "unsupported_method"
-    assert all(j.training_file != uploaded.id for j in client.fine_tuning.jobs.list())
-
-
 def test_bad_requests_name_their_field(keyed, tiny_served, training_jsonl):
     client = keyed.client("key-a")
     uploaded = client.files.create(file=training_jsonl.open("rb"), purpose="fine-tune")

@@ -6,7 +6,7 @@ import pytest
 
 from tuneforge.config import TrainConfig
 from tuneforge.platform.protocol import JobRequest
-from tuneforge.platform.translate import METHODS, PLANNED, Start, reported, run_file, validated, with_cadence
+from tuneforge.platform.translate import DEFAULT_GROUP, Start, reported, run_file, validated, with_cadence
 from tuneforge.serve.errors import ApiError
 
 
@@ -43,12 +43,49 @@ def test_the_server_decides_files_and_output_dir(tmp_path, tiny_model):
         assert refused.value.status == 400 and refused.value.detail.param.startswith("tuneforge.")
 
 
-def test_every_planned_method_is_refused_by_name_and_none_is_both():
-    assert not set(PLANNED) & set(METHODS)
-    for method in PLANNED:
-        with pytest.raises(ApiError) as refused:
-            run_file(JobRequest(model="m", training_file="f", method={"type": method}), Start("m"), "f", None, "r", 0)
-        assert method in refused.value.detail.message and refused.value.detail.code == "unsupported_method"
+def test_dpo_trains_the_sigmoid_loss_with_openai_s_beta(tmp_path, tiny_model):
+    raw = build(tmp_path, tiny_model, method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.25,
+                                                                                        "n_epochs": 1}}})
+    config = validated(raw)
+    assert config.task == "preference" and config.preference.loss == "dpo" and config.preference.beta == 0.25
+    assert reported("dpo", config)["dpo"]["hyperparameters"]["beta"] == 0.25
+
+
+GRADER = {"type": "string_check", "name": "exact", "input": "{{ sample.output_text }}",
+          "reference": "{{ item.reference_answer }}", "operation": "eq"}
+
+
+def test_reinforcement_trains_grpo_with_the_grader_as_its_reward(tmp_path, tiny_model):
+    raw = build(tmp_path, tiny_model, method={"type": "reinforcement", "reinforcement": {
+        "grader": GRADER, "hyperparameters": {"compute_multiplier": 0.5, "eval_interval": 3, "eval_samples": 16}}})
+    config = validated(raw)
+    assert config.task == "grpo" and len(config.rewards) == 1 and config.rewards[0].grader.reference == \
+        "{{ item.reference_answer }}"
+    assert config.grpo.num_generations == round(DEFAULT_GROUP * 0.5) and config.eval.every_steps == 3
+    assert config.grpo.eval_max_prompts == 16
+    shown = reported("reinforcement", config, {"grader": GRADER})["reinforcement"]
+    assert shown["grader"] == GRADER and shown["hyperparameters"]["compute_multiplier"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(("body", "param", "says"), [
+    ({}, "method.reinforcement.grader", "is required"),
+    ({"grader": {"type": "string_check", "reference": "x", "operation": "almost"}}, "method.reinforcement.grader",
+     "operation"),
+    ({"grader": GRADER, "hyperparameters": {"reasoning_effort": "high"}},
+     "method.reinforcement.hyperparameters.reasoning_effort", "Unknown hyperparameter"),
+    ({"grader": GRADER, "tools": []}, "method.reinforcement.tools", "Unknown or unsupported field"),
+])
+def test_a_bad_reinforcement_request_is_400_naming_its_field(tmp_path, tiny_model, body, param, says):
+    with pytest.raises(ApiError) as refused:
+        build(tmp_path, tiny_model, method={"type": "reinforcement", "reinforcement": body})
+    assert refused.value.status == 400 and refused.value.detail.param == param and says in refused.value.detail.message
+
+
+def test_an_unknown_method_is_400_listing_the_three():
+    with pytest.raises(ApiError) as refused:
+        run_file(JobRequest(model="m", training_file="f", method={"type": "distill"}), Start("m"), "f", None, "r", 0)
+    assert refused.value.detail.param == "method.type"
+    assert "supervised, dpo, reinforcement" in refused.value.detail.message
 
 
 def test_cadence_checkpoints_each_epoch_or_each_tenth_whichever_comes_first(tmp_path, tiny_model):

@@ -1,9 +1,11 @@
 """Prompt records for reinforcement fine-tuning (task: grpo): a `prompt` and any other columns.
 
 A record is a JSON object with `prompt`: a string, or a list of chat messages ({role, content})
-ending with the user's turn (TRL's conversational format).  Every other key (a reference answer,
+ending with the user's turn (TRL's conversational format); OpenAI's reinforcement fine-tuning files
+give the same list as `messages`, which is read as the prompt.  Every other key (a reference answer,
 a test case) is kept as it is and given to the rewards as a keyword argument of that name.  A bad
-record stops the run naming its file and line, every bad one in one pass.
+record stops the run naming its file and line, every bad one in one pass
+(tests/data/test_prompts.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,13 @@ from tuneforge.data.readers import expand, read
 from tuneforge.errors import DataError
 
 ROLES = ("system", "user", "assistant")
+
+
+def as_prompt_record(value: object) -> object:
+    """OpenAI's reinforcement shape (`messages` up to the user's turn, no `prompt`) as a prompt record."""
+    if isinstance(value, dict) and "prompt" not in value and "messages" in value:
+        value = {"prompt": value["messages"], **{k: v for k, v in value.items() if k != "messages"}}
+    return value
 
 
 def prompt_problem(value: object) -> str | None:
@@ -27,7 +36,7 @@ def prompt_problem(value: object) -> str | None:
             if not isinstance(message, dict) or message.get("role") not in ROLES or not isinstance(message.get("content"), str):
                 return "'prompt' messages must each be {role: system|user|assistant, content: string}"
         return None if prompt[-1]["role"] == "user" else "'prompt' messages must end with the user's turn"
-    return "missing 'prompt' (a string, or a list of chat messages)"
+    return "missing 'prompt' (a string, or a list of chat messages; OpenAI's 'messages' also works)"
 
 
 def read_prompts(sources: list[str]) -> list[dict]:
@@ -36,11 +45,12 @@ def read_prompts(sources: list[str]) -> list[dict]:
     for source in sources:
         for path in expand(source):
             for record in read(path):
-                problem = record.problem or prompt_problem(record.value)
+                value = as_prompt_record(record.value)
+                problem = record.problem or prompt_problem(value)
                 if problem:
                     problems.append(f"{record.location}: {problem}")
                 else:
-                    rows.append(record.value)
+                    rows.append(value)
     if problems:
         shown = "\n  ".join(problems[:20])
         raise DataError(f"{len(problems)} bad prompt record(s):\n  {shown}" + ("\n  ..." if len(problems) > 20 else ""))

@@ -37,8 +37,8 @@ from tuneforge.platform.events import EventLog, MetricsTail
 from tuneforge.platform.files import FileStore
 from tuneforge.platform.jobs import Job, JobStore
 from tuneforge.platform.results import finish
-from tuneforge.platform.translate import reported, validated, with_cadence
-from tuneforge.platform.validate import JobError, check_files
+from tuneforge.platform.translate import METHODS, reported, validated, with_cadence
+from tuneforge.platform.validate import JobError
 from tuneforge.serve.errors import ApiError
 from tuneforge.train import checkpoint as ckpt
 
@@ -134,11 +134,12 @@ class Runner:
                 config = validated(raw)
             except ApiError as exc:
                 raise JobError("invalid_run_file", exc.detail.message, exc.detail.param) from None
-            records = check_files(config, files)
+            kind = job.method["type"]
+            records = METHODS[kind].check(config, files, METHODS[kind].kinds)
             raw, total = with_cadence(raw, config, records)
             write_atomic(run_file, yaml.safe_dump(raw, sort_keys=False))
             self.jobs.move(job.id, "queued", ("validating_files",), f"Files validated ({records} training records, "
-                           f"{total} steps); job queued", total_steps=total, method=reported(job.method["type"], config))
+                           f"{total} steps); job queued", total_steps=total, method=reported(kind, config, job.method[kind]))
         except JobError as exc:
             self.jobs.move(job.id, "failed", ("validating_files",), f"Validation failed: {exc.message}", "error",
                            error=exc.to_api())

@@ -23,7 +23,7 @@ from tuneforge.platform.jobs import FINISHED, Job, JobStore
 from tuneforge.platform.protocol import JobRequest
 from tuneforge.platform.results import model_name
 from tuneforge.platform.runner import RUN_FILE
-from tuneforge.platform.translate import METHODS, Start, method_of, run_file, validated
+from tuneforge.platform.translate import METHODS, Start, method_body, method_of, run_file, validated
 from tuneforge.serve.errors import ApiError
 from tuneforge.train import checkpoint as ckpt
 from tuneforge.train.metrics import read_metrics
@@ -55,9 +55,10 @@ class Jobs:
         run_dir.mkdir(parents=True)
         (run_dir / RUN_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
         hyperparameters = {name: given.get(name, "auto") for name in METHODS[kind].hyperparameters}
+        settings = {key: value for key, value in method_body(request).items() if key != "hyperparameters"}
         job = Job(id=job_id, owner=owner, created_at=int(time.time()), status="validating_files",
                   model=request.model, training_file=training.id, validation_file=validation and validation.id,
-                  suffix=request.suffix, seed=seed, method={"type": kind, kind: {"hyperparameters": hyperparameters}},
+                  suffix=request.suffix, seed=seed, method={"type": kind, kind: {**settings, "hyperparameters": hyperparameters}},
                   metadata=request.metadata, tuneforge=request.tuneforge, run_dir=str(run_dir))
         return self.jobs.create(job)
 

@@ -11,8 +11,10 @@ After the files are validated, the record count sets the cadence (`with_cadence`
 each epoch's end or every tenth of the run, whichever comes first (what a pause, a cancel or a crash
 resumes from), and the same for the validation loss when there is a validation file.
 
-A method tuneforge does not train yet is refused with a 400 that names it (PLANNED); adding one
-is one line in METHODS once its trainer exists. tests/platform/test_translate.py pins the mapping.
+OpenAI's three methods map onto tuneforge tasks: supervised -> chat, dpo -> preference (sigmoid DPO,
+`beta`), reinforcement -> grpo (its `grader` becomes the run's one reward; OpenAI's grader shapes are
+tuneforge's, config/rewards.py). Each method also says how its files are checked (validate.py).
+tests/platform/test_translate.py pins the mapping.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from tuneforge.config import RunConfig, TrainConfig
+from tuneforge.config.rewards import Grader, GRPOConfig
 from tuneforge.platform.protocol import JobRequest
+from tuneforge.platform.validate import check_files, check_prompts
 from tuneforge.serve.errors import ApiError
 
 DEFAULT_LR = TrainConfig().learning_rate  # learning_rate_multiplier 1 (and "auto") trains at tuneforge's default
@@ -60,18 +64,59 @@ SUPERVISED = {
 }
 
 
+DPO = {
+    **SUPERVISED,
+    "beta": Hyperparameter("preference.beta", positive("beta", False), lambda c: c.preference.beta),
+}
+
+DEFAULT_GROUP = GRPOConfig().num_generations
+
+
+def group_size(value: Any) -> int:
+    """compute_multiplier scales the answers sampled per prompt (OpenAI: compute spent exploring), at least 2."""
+    return max(2, round(positive("compute_multiplier", False)(value) * DEFAULT_GROUP))
+
+
+REINFORCEMENT = {
+    **SUPERVISED,
+    "compute_multiplier": Hyperparameter("grpo.num_generations", group_size,
+                                         lambda c: c.grpo.num_generations / DEFAULT_GROUP),
+    "eval_interval": Hyperparameter("eval.every_steps", positive("eval_interval", True),
+                                    lambda c: c.eval.every_steps or "auto"),
+    "eval_samples": Hyperparameter("grpo.eval_max_prompts", positive("eval_samples", True),
+                                   lambda c: c.grpo.eval_max_prompts),
+}
+
+
+def grader_reward(grader: Any) -> dict[str, Any]:
+    """OpenAI's `method.reinforcement.grader` as the run's one reward; 400 naming the grader's bad field."""
+    try:
+        TypeAdapter(Grader).validate_python(grader)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise ApiError(400, f"method.reinforcement.grader{'.' + where if where else ''}: {error['msg']}",
+                       param="method.reinforcement.grader", code="invalid_value") from None
+    return {"rewards": [{"grader": grader, "weight": 1.0}]}
+
+
 @dataclass(frozen=True)
 class Method:
     run: dict[str, Any]  # dotted run-file keys the method sets
-    hyperparameters: dict[str, Hyperparameter] = field(default_factory=dict)
+    hyperparameters: dict[str, Hyperparameter]
+    check: Callable[..., int]  # (config, files, kinds) -> training records (validate.py)
+    kinds: tuple[str, ...] = ()  # record kinds the method trains, for check_files
+    settings: dict[str, Callable[[Any], dict[str, Any]]] = field(default_factory=dict)  # body field -> run keys
+    required: tuple[str, ...] = ()  # body fields a request must give
 
 
-# The OpenAI method type -> what it is in tuneforge. DPO, when its trainer lands, is one line such as
-#   "dpo": Method({"task": "dpo"}, {**SUPERVISED, "beta": Hyperparameter("dpo.beta", positive("beta", False), ...)}),
+# The OpenAI method type -> what it is in tuneforge.
 METHODS: dict[str, Method] = {
-    "supervised": Method({"task": "chat"}, SUPERVISED),
+    "supervised": Method({"task": "chat"}, SUPERVISED, check_files, ("chat", "text")),
+    "dpo": Method({"task": "preference", "preference.loss": "dpo"}, DPO, check_files, ("preference",)),
+    "reinforcement": Method({"task": "grpo"}, REINFORCEMENT, check_prompts, settings={"grader": grader_reward},
+                            required=("grader",)),
 }
-PLANNED = ("dpo", "reinforcement")  # OpenAI's other methods: refused by name until tuneforge trains them
 
 
 @dataclass(frozen=True)
@@ -87,21 +132,29 @@ def method_of(request: JobRequest) -> tuple[str, dict[str, Any]]:
     if request.method is None:
         return "supervised", dict(request.hyperparameters or {})
     kind = request.method.type
-    if kind in PLANNED:
-        raise ApiError(400, f"The fine-tuning method '{kind}' is not available in this tuneforge yet; supported: "
-                       f"{', '.join(METHODS)}", param="method.type", code="unsupported_method")
     if kind not in METHODS:
-        raise ApiError(400, f"method.type must be one of {', '.join([*METHODS, *PLANNED])}, got '{kind}'",
+        raise ApiError(400, f"method.type must be one of {', '.join(METHODS)}, got '{kind}'",
                        param="method.type", code="invalid_value")
     if request.hyperparameters:
         raise ApiError(400, f"Give the hyperparameters in method.{kind}.hyperparameters, not also at the top level",
                        param="hyperparameters", code="invalid_value")
-    body = getattr(request.method, kind) or {}
+    body = method_body(request)
     for key in body:
-        if key != "hyperparameters":
+        if key != "hyperparameters" and key not in METHODS[kind].settings:
             raise ApiError(400, f"Unknown or unsupported field 'method.{kind}.{key}'", param=f"method.{kind}.{key}",
                            code="unsupported_field")
+    for key in METHODS[kind].required:
+        if key not in body:
+            raise ApiError(400, f"method.{kind}.{key} is required", param=f"method.{kind}.{key}",
+                           code="missing_required_parameter")
     return kind, dict(body.get("hyperparameters") or {})
+
+
+def method_body(request: JobRequest) -> dict[str, Any]:
+    """`method.<type>` as given (empty for the top-level shape of a supervised job)."""
+    if request.method is None:
+        return {}
+    return getattr(request.method, request.method.type, None) or {}
 
 
 def run_file(request: JobRequest, start: Start, training: str, validation: str | None, run_dir: str,
@@ -114,6 +167,11 @@ def run_file(request: JobRequest, start: Start, training: str, validation: str |
         raw["model"]["init_from"] = start.init_from
     for key, value in method.run.items():
         set_key(raw, key, value)
+    body = method_body(request)
+    for name, to_run in method.settings.items():
+        if name in body:
+            for key, value in to_run(body[name]).items():
+                set_key(raw, key, value)
     for key, value in (request.tuneforge or {}).items():
         merge(raw, key, value)
     for dotted in SERVER_KEYS:
@@ -154,10 +212,11 @@ def validated(raw: dict) -> RunConfig:
                        param=f"tuneforge.{location}", code="invalid_run_file") from None
 
 
-def reported(kind: str, config: RunConfig) -> dict:
-    """OpenAI's method object with the values in force (what "auto" became)."""
+def reported(kind: str, config: RunConfig, body: dict[str, Any] | None = None) -> dict:
+    """OpenAI's method object with the values in force (what "auto" became) and the other fields as given."""
     values = {name: spec.report(config) for name, spec in METHODS[kind].hyperparameters.items()}
-    return {"type": kind, kind: {"hyperparameters": values}}
+    given = {key: value for key, value in (body or {}).items() if key != "hyperparameters"}
+    return {"type": kind, kind: {**given, "hyperparameters": values}}
 
 
 def with_cadence(raw: dict, config: RunConfig, records: int) -> tuple[dict, int]:

@@ -1,10 +1,14 @@
 """Checking a job's files before it queues: every record read, converted and tokenized as training will.
 
-This is `tuneforge data inspect` (data/inspect.py) with the job's tokenizer (no weights are loaded)
-and the run file's format, columns, roles, template and max_seq_length. The first problem fails
+Conversations and preference pairs (supervised and dpo jobs) go through `tuneforge data inspect`
+(data/inspect.py) with the job's tokenizer (no weights are loaded) and the run file's format,
+columns, roles, template and max_seq_length, and must be of the kinds the method trains (a
+preference file given to a supervised job is named here, not at training). Prompt records
+(reinforcement jobs) are read as `task: grpo` reads them (data/prompts.py). The first problem fails
 the job at validating_files with an OpenAI-shaped error that names the file (its id and upload
 name) and the line, and says how many more records have problems; a file with no usable record
 fails too. The training records counted here set the job's checkpoint cadence (translate.py).
+tests/platform/test_requests.py pins the messages.
 """
 
 from __future__ import annotations
@@ -28,8 +32,23 @@ class JobError(Exception):
         return {"code": self.code, "message": self.message, "param": self.param}
 
 
-def check_files(config: RunConfig, files: dict[str, StoredFile]) -> int:
-    """The number of usable training records; JobError for the first problem. `files`: param -> the stored file."""
+def check_prompts(config: RunConfig, files: dict[str, StoredFile], kinds: tuple[str, ...] = ()) -> int:
+    """The number of prompt records in the training file; JobError naming the first bad one."""
+    from tuneforge.data.prompts import read_prompts
+
+    records = {}
+    for param, stored in files.items():
+        try:
+            records[param] = len(read_prompts([stored.path]))
+        except TuneforgeError as exc:
+            message = str(exc).replace(f"{stored.path}:", f"{stored.filename}, line ").replace(stored.path, stored.filename)
+            raise JobError("invalid_file", f"{param} {stored.id}: {message}", param) from None
+    return records["training_file"]
+
+
+def check_files(config: RunConfig, files: dict[str, StoredFile], kinds: tuple[str, ...]) -> int:
+    """The number of usable training records, each one of `kinds`; JobError for the first problem.
+    `files`: param -> the stored file."""
     from tuneforge.models.tokenizer import training_tokenizer
 
     try:
@@ -54,6 +73,11 @@ def check_files(config: RunConfig, files: dict[str, StoredFile]) -> int:
             raise JobError("invalid_file", f"{param} {stored.id}: {where}: {first.reason}{tail}", param)
         if stats.records == 0:
             raise JobError("invalid_file", f"{param} {stored.id} ({stored.filename}) holds no records", param)
+        others = {kind: n for kind, n in stats.kinds.items() if kind not in kinds}
+        if others:
+            held = ", ".join(f"{n} {kind}" for kind, n in sorted(others.items()))
+            raise JobError("invalid_file", f"{param} {stored.id} ({stored.filename}) holds {held} record(s); this "
+                           f"method trains {' or '.join(kinds)} records", param)
         records[param] = stats.records
     return records["training_file"]
 
