@@ -20,6 +20,7 @@ from tuneforge.train.distributed import rank_share, trains_nothing
 from tuneforge.train.driver import train
 from tuneforge.evaluate.run_metrics import read_metrics
 from tests.conftest import chat_records, write_jsonl
+from tests.train.test_preference import preference_config  # noqa: F401  (a fixture)
 
 # 20 records in batches of 4: 5 batches an epoch, so with 2 batches a step every third step of an
 # epoch has a single batch, and the second process trains a stand-in that adds nothing.
@@ -152,3 +153,17 @@ def test_fsdp_without_cuda_is_refused_with_the_reason(run_config):
     with pytest.raises(LaunchError, match="fsdp needs CUDA"):
         train(config)
     assert not launched()  # a plain test process is no launcher's worker
+
+
+def test_dpo_on_two_processes_trains_like_one_with_twice_the_accumulation(preference_config, tmp_path, one_thread):
+    """Pairs are summed per rank and divided by the global count like tokens: the same curve, the same adapter."""
+    settings = {"lora.dropout": 0.0, "train.lr_scheduler": "constant", "train.max_steps": 3,
+                "checkpoint.every_steps": 100, "train.batch_size": 2}
+    single = train(preference_config(**settings, **{"train.grad_accum": 2}, output_dir=str(tmp_path / "one")))
+    config = preference_config(**settings, **{"train.grad_accum": 1}, output_dir=str(tmp_path / "two"))
+    done = cli("train", str(tmp_path / "run.yaml"), "--nproc", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_curve(curve(config.output_dir), curve(single.run_dir))
+    for key in ("train_reward_accuracy", "train_margin", "train_chosen_logp", "train_kl"):
+        assert [r[key] for r in curve(config.output_dir).values()] == pytest.approx(
+            [r[key] for r in curve(single.run_dir).values()], abs=1e-4)

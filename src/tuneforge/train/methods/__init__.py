@@ -53,8 +53,9 @@ METHODS: dict[str, MethodKind] = {
                            partial(lm_closing, task=PRETRAIN)),
     "classify": MethodKind(ClassifyMethod, answering_dtype_autocast, False, classify_closing),
     "grpo": MethodKind(GRPOMethod, lm_autocast, False, grpo_closing),
-    # pairs (DPO, IPO, ORPO, SimPO) and rated replies (KTO): one process (the KTO batch KL is per process)
-    "preference": MethodKind(PreferenceMethod, lm_autocast, False, preference_closing),
+    # pairs (DPO, IPO, ORPO, SimPO) train on N processes like chat (tests/train/test_distributed.py); rated
+    # replies (KTO) in one: its batch KL estimate is taken over the batch one process sees
+    "preference": MethodKind(PreferenceMethod, lm_autocast, True, preference_closing),
     "kto": MethodKind(PreferenceMethod, lm_autocast, False, preference_closing),
 }
 
