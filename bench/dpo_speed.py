@@ -7,7 +7,8 @@ dropout 0, all linear layers), the same DPO (sigmoid loss, beta 0.1, the referen
 switched off, no precomputed reference), optimizer settings (AdamW, lr 5e-4, cosine to zero without
 warm-up, weight decay 0, clip 1.0, seed 42), batch (4 pairs, grad_accum 1, max length 256) and precision
 (`--precision bf16`, the default where bf16 is native: a bf16 base under bf16 autocast for both;
-`fp32`: both in fp32).  Only training runs: no evaluation, general check or periodic checkpoints.
+`fp32`: both in fp32).  Only training runs: no evaluation, general check, pre-flight estimate or periodic checkpoints
+(as bench/train_speed.py).
 
 Each trainer runs in a fresh child process, alternating for --rounds rounds; each row is the median
 round by tokens/s.  tokens/s counts the non-padding tokens of every row the model is run on (chosen
@@ -78,6 +79,7 @@ def child_tuneforge(args) -> dict:
         f"train.max_seq_length={MAX_LEN}", f"train.seed={SEED}", f"preference.beta={BETA}", "preference.loss=dpo",
         f"model.dtype={'bfloat16' if args.precision == 'bf16' else 'float32'}", f"lora.dropout={LORA['dropout']}",
         "eval.general_check=false", "eval.prompts=null", "eval.every_steps=null", "checkpoint.every_steps=null",
+        "train.preflight=off",
     ]
     config = load_config(CONFIG, overrides=overrides)
     result = driver.train(config, overwrite=True, stop=mark)

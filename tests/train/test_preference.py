@@ -262,3 +262,29 @@ def test_resume_reproduces_the_uninterrupted_run_with_a_precomputed_reference(pr
         return {r["step"]: r["train_loss"] for r in read_metrics(run_dir) if "train_loss" in r}
 
     assert losses(parted.output_dir) == pytest.approx(losses(whole.output_dir), abs=1e-5)
+
+
+def test_preflight_estimates_a_dpo_run_leaves_it_unchanged_and_refuses_one_that_cannot_fit(
+        preference_config, monkeypatch, tmp_path, one_thread):
+    """The probe runs the real DPO loss (policy and reference passes) on the longest pair; its forked RNG and
+    dropped gradients leave the curve as it is without it."""
+    import json
+
+    from tuneforge.train import preflight
+    from tuneforge.train.preflight import PreflightError
+
+    curves = {}
+    for mode in ("refuse", "off"):
+        config = preference_config(**{"train.preflight": mode, "lora.dropout": 0.1},
+                                   output_dir=str(tmp_path / mode))
+        curves[mode] = [r["train_loss"] for r in read_metrics(train(config).run_dir) if "train_loss" in r]
+    assert curves["refuse"] == curves["off"]
+    record = json.loads((tmp_path / "refuse" / "preflight.json").read_text())
+    assert record["memory"]["rows"] == 4 and record["memory"]["activations"] > 0
+    assert record["measured"]["peak"] >= record["memory"]["baseline"]
+
+    monkeypatch.setattr(preflight, "available_memory", lambda device: 1024**2)  # 1 MiB free
+    config = preference_config(**{"train.preflight": "refuse"}, output_dir=str(tmp_path / "refused"))
+    with pytest.raises(PreflightError, match="this run needs about"):
+        train(config)
+    assert not any("train_loss" in r for r in read_metrics(config.output_dir))

@@ -16,7 +16,7 @@ become the loss that is differentiated: the driver's step and the pre-flight pro
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,6 +46,19 @@ def compose(terms: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> 
     return sum(weights[name] * value for name, value in terms.items())
 
 
+def batch_loss(method: Method, model: torch.nn.Module) -> Callable[[Batch], torch.Tensor]:
+    """The loss the step differentiates for one batch, moved to the method's device and under its autocast:
+    what the pre-flight probe measures and times, so the estimate follows the real step."""
+    device = method.accelerator.device
+
+    def loss(batch: Batch) -> torch.Tensor:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with method.accelerator.autocast():
+            return compose(method.loss_terms(model, batch).terms, method.weights)
+
+    return loss
+
+
 @dataclass(frozen=True)
 class StepPlan:
     """How the epoch order is cut into optimizer steps (the pre-flight time estimate needs it)."""
@@ -60,11 +73,12 @@ class Method(Protocol):
 
     Attributes the driver reads: `weights` (loss term -> weight; the term "loss" is train_loss),
     `evaluates_each_epoch` (validate at each epoch's end when eval.every_steps is unset),
-    `tokenizer` (saved with every checkpoint).
+    `tokenizer` (saved with every checkpoint), `accelerator` (the probe's device and autocast: batch_loss).
     """
 
     weights: Mapping[str, float]
     evaluates_each_epoch: bool
+    accelerator: Any  # the run's accelerate.Accelerator: its device and autocast
 
     def load(self, checkpoint: Path | None) -> torch.nn.Module:
         """Read and validate the data (before any weights load: bad data fails in seconds), then build the

@@ -39,7 +39,7 @@ from tuneforge.train import checkpoint as ckpt
 from tuneforge.train import preflight as estimate
 from tuneforge.train.distributed import is_fsdp, trains_nothing
 from tuneforge.train.loss import loss_sum
-from tuneforge.train.method import PRIMARY, Batch, LossTerms, StepPlan, compose
+from tuneforge.train.method import PRIMARY, Batch, LossTerms, StepPlan, batch_loss
 from tuneforge.train.methods.general_check import check_base, check_tuned
 from tuneforge.train.pretrain import perplexity, require_text
 from tuneforge.train.selection import answer_metrics, validation_examples
@@ -168,16 +168,9 @@ class LanguageModelMethod:
     def preflight(self, model, state, plan: StepPlan):
         """The memory estimate (refusing a run that cannot fit) and a timed warm-up pass, on the bare model.
         The probe's loss is the training loss, composed the same way; its worst case makes every row replay."""
-        device = self.accelerator.device
-
-        def loss(batch: Batch) -> torch.Tensor:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with self.accelerator.autocast():
-                return compose(self.loss_terms(model, batch).terms, self.weights)
-
         kl_rows = self.kl_weight > 0 and bool(self.config.data.replay)
         return estimate.check(self.config, model, self.accelerator, self.console, self.unit_lengths, self.batch, state,
-                              plan, loss, kl_rows)
+                              plan, batch_loss(self, model), kl_rows)
 
     def save_model(self, model, directory: Path, weights: dict | None) -> None:
         ckpt.save_model(model, self.tokenizer, self.info, directory, weights)

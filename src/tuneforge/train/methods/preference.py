@@ -44,7 +44,8 @@ from tuneforge.models.tokenizer import training_tokenizer
 from tuneforge.paths import home
 from tuneforge.train import checkpoint as ckpt
 from tuneforge.train import preference_loss as losses
-from tuneforge.train.method import PRIMARY, Batch, LossTerms, StepPlan
+from tuneforge.train import preflight as estimate
+from tuneforge.train.method import PRIMARY, Batch, LossTerms, StepPlan, batch_loss
 from tuneforge.train.methods.language_model import untouched
 from tuneforge.train.setup import build_model
 
@@ -203,7 +204,10 @@ class PreferenceMethod:
         return {f"eval_{name}": value / len(validation) for name, value in totals.items()}
 
     def preflight(self, model, state, plan: StepPlan):
-        return None  # the memory estimate models SFT's batches (train/preflight.py); not these
+        """SFT's estimate and warm-up pass (train/preflight.py) on the longest pair: its probe measures what
+        autograd keeps for the pair's two rows (the reference pass keeps nothing), times train.batch_size."""
+        return estimate.check(self.config, model, self.accelerator, self.console, self.lengths(), self.batch, state,
+                              plan, batch_loss(self, model), kl_rows=False)
 
     def save_model(self, model, directory: Path, weights: dict | None) -> None:
         ckpt.save_model(model, self.tokenizer, self.info, directory, weights)
