@@ -136,3 +136,37 @@ def test_cancel_a_job_and_see_a_bad_file_fail_with_its_line(platform_board, page
     page.click("#job-create")
     page.wait_for_selector("#job-detail h2 .badge.failed", timeout=60_000)
     assert "bad.jsonl" in page.inner_text("#job-detail") and "25" in page.inner_text("#job-detail .worse")
+
+
+def test_a_reinforcement_job_takes_its_grader_from_the_form(platform_board, page, tmp_path):
+    """The grader box shows for reinforcement only; a grader that is not JSON is named before any upload; a good
+    one starts a GRPO job whose method carries it."""
+    from tests.conftest import write_jsonl
+    from tests.platform.test_translate import GRADER
+
+    url, served, _ = platform_board
+    prompts = write_jsonl(tmp_path / "say.jsonl", [{"messages": [{"role": "user", "content": f"Say {i}."}],
+                                                    "reference_answer": str(i)} for i in range(8)])
+    page.goto(url + "/" + POLL + "#jobs")
+    page.wait_for_selector("#job-form:not([hidden])")
+    assert page.locator("#job-grader-box").is_hidden()
+    page.select_option("#job-method", "reinforcement")
+    assert page.locator("#job-grader-box").is_visible()
+    page.set_input_files("#job-train", str(prompts))
+    page.fill("#job-model", served.default)
+    page.fill("#job-grader", "{type: string_check")
+    page.click("#job-create")
+    page.wait_for_selector("text=grader: not JSON")
+    assert page.locator("#jobs-table tr[data-job]").count() == 0  # nothing was uploaded or created
+
+    page.fill("#job-grader", json.dumps(GRADER))
+    page.fill("#job-epochs", "1")
+    page.click("#job-form summary")
+    page.fill("#job-tuneforge", json.dumps({**TINY_RUN, "grpo": {"max_new_tokens": 4, "num_generations": 2},
+                                            "train": {**TINY_RUN["train"], "max_steps": 1}}))
+    page.click("#job-create")
+    page.wait_for_selector("#job-detail h2 .badge")
+    job_id = page.locator("#job-detail h2").inner_text().split()[0]
+    job = page.evaluate(f"fetch('/v1/fine_tuning/jobs/{job_id}').then((r) => r.json())")
+    assert job["method"]["type"] == "reinforcement" and job["method"]["reinforcement"]["grader"] == GRADER
+    page.wait_for_selector("#job-detail h2 .badge.succeeded", timeout=120_000)

@@ -1,6 +1,6 @@
 // tuneforge dashboard: one page, six tabs, talking to the server's JSON API (/v1 and /dashboard/api).
 import { $, API, api, notice, state, stopTimers } from "/dashboard/static/common.js";
-import { createJob, listJobs, showJobs } from "/dashboard/static/jobs.js";
+import { createJob, listJobs, showGrader, showJobs } from "/dashboard/static/jobs.js";
 import { compareRuns, showRuns } from "/dashboard/static/runs.js";
 import { showRegistry } from "/dashboard/static/registry.js";
 import { checkDrift, inspectFile, showData, showMonitoring } from "/dashboard/static/monitoring.js";
@@ -23,6 +23,7 @@ async function start() {
   $("key").addEventListener("change", () => { localStorage.setItem("tuneforge-key", $("key").value); init(); });
   window.addEventListener("hashchange", route);
   $("job-form").addEventListener("submit", createJob);
+  $("job-method").addEventListener("change", showGrader);
   $("jobs-refresh").addEventListener("click", () => listJobs().catch((e) => notice(e.message)));
   $("runs-refresh").addEventListener("click", () => showRuns().catch((e) => notice(e.message)));
   $("runs-compare").addEventListener("click", () => { stopTimers(); compareRuns().catch((e) => notice(e.message)); });

@@ -34,6 +34,15 @@ export async function listJobs() {
           h("td", { class: "num" }, job.trained_tokens ? job.trained_tokens.toLocaleString() : "–"))));
 }
 
+// The grader of a reinforcement job, checked before anything is uploaded (the server checks its fields).
+function graderOf(text) {
+  if (!text.trim()) throw new Error("grader: a reinforcement job needs one (OpenAI's grader object, as JSON)");
+  try { return JSON.parse(text); }
+  catch (error) { throw new Error("grader: not JSON (" + error.message + ")"); }
+}
+
+export function showGrader() { $("job-grader-box").hidden = $("job-method").value !== "reinforcement"; }
+
 function auto(value) { const text = value.trim(); return text === "" || text === "auto" ? "auto" : Number(text); }
 
 async function uploadFile(file) {
@@ -53,6 +62,7 @@ export async function createJob(event) {
       try { extension = JSON.parse($("job-tuneforge").value); }
       catch (error) { throw new Error("tuneforge run-file settings: not JSON (" + error.message + ")"); }
     }
+    const grader = $("job-method").value === "reinforcement" ? graderOf($("job-grader").value) : null;
     status.textContent = "uploading " + $("job-train").files[0].name + " ...";
     const training = await uploadFile($("job-train").files[0]);
     const validation = $("job-valid").files[0] ? await uploadFile($("job-valid").files[0]) : null;
@@ -61,6 +71,7 @@ export async function createJob(event) {
     const method = $("job-method").value;
     const body = { model: $("job-model").value, training_file: training.id,
                    method: { type: method, [method]: { hyperparameters } } };
+    if (method === "reinforcement") body.method.reinforcement.grader = grader;
     if (validation) body.validation_file = validation.id;
     if ($("job-suffix").value.trim()) body.suffix = $("job-suffix").value.trim();
     if (extension) body.tuneforge = extension;
