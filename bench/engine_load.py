@@ -1,16 +1,15 @@
 """`bench/serve_load.py --engines builtin,llama.cpp,vllm`: each engine behind tuneforge's API, and each fast engine's own server.
 
 One invocation, one model, the same clients: for every engine, `tuneforge serve --engine E` is started
-in process (uvicorn in a thread; llama.cpp in process, vLLM as its child process), then 1 and 8
+in process (uvicorn in a thread; llama.cpp and vLLM as its child process), then 1 and 8
 streaming chat clients (the official openai package) each run --duration seconds. Output tokens are
 counted on the client side, the same way for every server: a finished request's usage, plus one per
 content chunk of a request cut off at the deadline. Then the same load against the engine's own
-server on the same weights, the baseline for tuneforge's overhead:
-
-- vllm: the vLLM OpenAI server tuneforge started as its child (its port directly; same process,
-  same weights, no tuneforge in between);
-- llama.cpp: llama-cpp-python's own OpenAI server (`python -m llama_cpp.server`, the
-  `llama-cpp-python[server]` extra) on the same cached GGUF file, when it is installed.
+server on the same weights, the baseline for tuneforge's overhead: the server tuneforge started as
+its child (vLLM's OpenAI server; llama.cpp's llama-server, or llama-cpp-python's server where no
+llama-server binary is found), its port directly: same process, same weights, no tuneforge in between.
+--rounds N alternates tuneforge and the own server N times per client count (the machine's load
+drifts; each round's ratio is printed).
 
 Its own chat template and detokenizer answer there, ours through tuneforge; both stop at the
 end-of-turn token, so answers have the same lengths on average, not the same text.
@@ -19,9 +18,6 @@ end-of-turn token, so answers have the same lengths on average, not the same tex
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -92,7 +88,8 @@ def start_tuneforge(engine: str, args):
 
     served = load_served(args.model)
     options = ServeOptions(port=free_port(), engine=engine, engine_quant=args.quant, threads=args.threads,
-                           max_new_tokens=max(args.max_tokens, 16), max_concurrent=64)
+                           max_new_tokens=max(args.max_tokens, 16), max_concurrent=64,
+                           max_batch_size=args.max_batch_size, llama_server=args.llama_server)
     app = create_app(served, options)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=options.port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -103,51 +100,26 @@ def start_tuneforge(engine: str, args):
     return server, thread, app.state.server, f"http://127.0.0.1:{options.port}/v1", served.default
 
 
-def own_llama_cpp_server(gguf_path: str, args):
-    """llama-cpp-python's own OpenAI server on the same file, or None when its [server] extra is missing."""
-    if importlib.util.find_spec("llama_cpp.server") is None or importlib.util.find_spec("sse_starlette") is None:
-        return None
-    port = free_port()
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", gguf_path, "--port", str(port),
-               "--n_ctx", "2048", "--model_alias", "own"]
-    if args.threads:
-        command += ["--n_threads", str(args.threads)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import urllib.request
-
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
-            return process, f"http://127.0.0.1:{port}/v1"
-        except OSError:
-            time.sleep(1)
-    process.terminate()
-    return None
+def own_label(engine) -> str:
+    if getattr(engine, "binary", None):
+        return "llama.cpp's own llama-server"
+    return "llama-cpp-python's own server" if engine.name == "llama.cpp" else "vLLM's own server"
 
 
 def run_engine(engine: str, counts: list[int], args) -> list[dict]:
+    """tuneforge --engine E and (for a fast engine) its child server directly, alternated per round."""
     server, thread, state, url, model = start_tuneforge(engine, args)
     rows = []
     try:
+        child = None if engine == "builtin" else state.engine
         for clients in counts:
-            rows.append({"server": f"tuneforge --engine {engine}", **asyncio.run(measure(url, model, clients, args))})
-        own = None
-        if engine == "vllm":
-            own = (None, f"http://127.0.0.1:{state.engine.port}/v1", "tuneforge-served", "vLLM's own server")
-        elif engine == "llama.cpp":
-            started = own_llama_cpp_server(str(state.engine.path), args)
-            own = started and (started[0], started[1], "own", "llama-cpp-python's own server")
-            if own is None:
-                print("  (llama-cpp-python's own server is not installed: pip install 'llama-cpp-python[server]')")
-        if own:
-            process, own_url, own_model, label = own
-            try:
-                for clients in counts:
-                    rows.append({"server": label, **asyncio.run(measure(own_url, own_model, clients, args))})
-            finally:
-                if process is not None:
-                    process.terminate()
-                    process.wait(60)
+            for round_ in range(1, args.rounds + 1):
+                rows.append({"server": f"tuneforge --engine {engine}", "round": round_,
+                             **asyncio.run(measure(url, model, clients, args))})
+                if child is not None:
+                    own_url = f"http://127.0.0.1:{child.port}/v1"
+                    rows.append({"server": own_label(child), "round": round_,
+                                 **asyncio.run(measure(own_url, "tuneforge-served", clients, args))})
     finally:
         server.should_exit = True
         thread.join(120)
@@ -155,17 +127,16 @@ def run_engine(engine: str, counts: list[int], args) -> list[dict]:
 
 
 def report(rows: list[dict]) -> None:
-    print(f"{'server':<34}{'clients':>8}{'requests':>9}{'errors':>7}{'out tok/s':>11}{'TTFT p50':>10}")
+    print(f"{'server':<34}{'round':>6}{'clients':>8}{'requests':>9}{'errors':>7}{'out tok/s':>11}{'TTFT p50':>10}")
     for r in rows:
-        print(f"{r['server']:<34}{r['clients']:>8}{r['requests']:>9}{r['errors']:>7}{r['output_tokens_per_s']:>11.1f}"
-              f"{r['ttft_p50']:>9.2f}s")
-    for r in rows:
-        if r["server"].startswith("tuneforge --engine ") and r["server"] != "tuneforge --engine builtin":
-            own = [o for o in rows if not o["server"].startswith("tuneforge") and o["clients"] == r["clients"]
-                   and ("vLLM" in o["server"]) == ("vllm" in r["server"])]
-            if own and own[0]["output_tokens_per_s"] > 0:
-                print(f"{r['server']} / its own server, {r['clients']} client(s): "
-                      f"{r['output_tokens_per_s'] / own[0]['output_tokens_per_s']:.2f}x output tokens/s")
+        print(f"{r['server']:<34}{r['round']:>6}{r['clients']:>8}{r['requests']:>9}{r['errors']:>7}"
+              f"{r['output_tokens_per_s']:>11.1f}{r['ttft_p50']:>9.2f}s")
+    for i, r in enumerate(rows[:-1]):
+        own = rows[i + 1]
+        if r["server"].startswith("tuneforge --engine ") and not own["server"].startswith("tuneforge") \
+                and own["output_tokens_per_s"] > 0:
+            print(f"{r['server']} / {own['server']}, {r['clients']} client(s), round {r['round']}: "
+                  f"{r['output_tokens_per_s'] / own['output_tokens_per_s']:.2f}x output tokens/s")
 
 
 def run_engines(args) -> None:
