@@ -31,7 +31,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 parser = argparse.ArgumentParser()
 parser.add_argument("--port", type=int)
 parser.add_argument("--alias")
+parser.add_argument("--model")
 args, _ = parser.parse_known_args()
+TAG = os.path.basename(os.path.dirname(args.model))[:6] if os.environ.get("FAKE_LLAMA_ECHO_MODEL") else "s"
 with open(os.environ["FAKE_LLAMA_LOG"], "a") as out:
     out.write(json.dumps({"argv": sys.argv[1:]}) + "\\n")
 
@@ -61,7 +63,7 @@ class Handler(BaseHTTPRequestHandler):
             if body["max_tokens"] == 13 and i == 2:
                 self.wfile.flush()
                 os._exit(3)
-            chunk = {"choices": [{"index": 0, "text": f"s{body['seed']}-{i} ", "finish_reason": None}]}
+            chunk = {"choices": [{"index": 0, "text": f"{TAG}{body['seed']}-{i} ", "finish_reason": None}]}
             self.wfile.write(f"data: {json.dumps(chunk)}\\n\\n".encode())
         usage = {"prompt_tokens": len(body["prompt"]), "completion_tokens": body["max_tokens"]}
         last = {"choices": [{"index": 0, "text": "", "finish_reason": "length"}], "usage": usage}
@@ -159,3 +161,49 @@ def test_which_llama_server_runs(fake_llama_server, monkeypatch, tmp_path):
     assert llama_server(ServeOptions()) is None
     with pytest.raises(ConfigError, match="--llama-server /no/such/llama-server.*not an executable"):
         llama_server(ServeOptions(llama_server="/no/such/llama-server"))
+
+
+def test_a_registry_promote_swaps_the_llama_cpp_engine(fake_llama_server, tiny_model, tmp_path, monkeypatch):
+    """serve registry:production --engine llama.cpp: a promote writes the new version's GGUF export, starts a child
+    server on it, swaps it in, and stops the old child once it has drained (the life is child_server.py's)."""
+    from openai import OpenAI
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.serve.conftest import free_port, server_thread, wait_until
+    from tuneforge.models.load import ModelInfo
+    from tuneforge.registry.store import add_version, open_registry, set_alias
+    from tuneforge.serve.app import create_app
+    from tuneforge.serve.live import load_target, target_from
+
+    pytest.importorskip("llama_cpp", reason="the GGUF export's probe check reads the file through llama-cpp-python")
+    script, _ = fake_llama_server
+    monkeypatch.setenv("FAKE_LLAMA_ECHO_MODEL", "1")
+    final = tmp_path / "run-v2" / "final"
+    AutoModelForCausalLM.from_pretrained(tiny_model).save_pretrained(final)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(final)
+    ModelInfo(base_model=str(tiny_model), method="full").write(final)
+    conn = open_registry(tmp_path / "registry.db")
+    for directory in (tiny_model, final.parent):
+        add_version(conn, directory, base_model="tiny-llama", method="full")
+    set_alias(conn, "production", "v1")
+
+    target = target_from("registry:production", tmp_path / "registry.db", None, poll_s=0.1)
+    options = ServeOptions(port=free_port(), engine="llama.cpp", llama_server=str(script), engine_quant="f32")
+    app = create_app(load_target(target), options, target)
+    state = app.state.server
+    with server_thread(app, options.port, timeout_graceful_shutdown=10):
+        client = OpenAI(base_url=f"http://127.0.0.1:{options.port}/v1", api_key="x", max_retries=0, timeout=60)
+
+        def ask():
+            reply = client.completions.create(model="production", prompt="Hi", max_tokens=1, seed=0)
+            return reply.choices[0].text, reply.system_fingerprint
+
+        first_text, version = ask()
+        first_engine = state.engine
+        assert version == "v1"
+        set_alias(conn, "production", "v2")
+        wait_until(lambda: state.served.version == "v2", timeout=120)
+        second_text, version = ask()
+        assert version == "v2" and second_text != first_text  # another GGUF export answers
+        wait_until(lambda: first_engine.process.poll() is not None, timeout=60)  # the old child is gone
+    conn.close()

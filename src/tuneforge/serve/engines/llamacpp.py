@@ -47,6 +47,7 @@ log = logging.getLogger("tuneforge.serve")
 SERVER_ENV = "TUNEFORGE_LLAMA_SERVER"
 PYTHON_SERVER = "python"  # --llama-server python: llama-cpp-python's server even where llama-server is found
 STARTUP_TIMEOUT_S = 300.0
+SEED_RANGE = 0xFFFFFFFF  # llama.cpp seeds are 32-bit and 0xFFFFFFFF means "random": a 64-bit seed is folded below it
 INSTALL = "pip install 'tuneforge[llamacpp]' (llama-cpp-python; it builds llama.cpp from source, ~10 min on 2 cores)"
 SERVER_MODULES = ("llama_cpp.server", "sse_starlette", "starlette_context", "pydantic_settings", "uvicorn")
 
@@ -162,5 +163,6 @@ class LlamaCppEngine(ChildServerEngine):
                                                    clean_up_tokenization_spaces=False)
             if self.suppressed:
                 body.update(logit_bias={str(token): -1e9 for token in self.suppressed}, logit_bias_type="input_ids")
-        seeds = [params.seed + j if params.seed is not None else random.getrandbits(31) for j in range(request.n)]
+        seeds = [(params.seed + j) % SEED_RANGE if params.seed is not None else random.getrandbits(31)
+                 for j in range(request.n)]
         return [Stream({**body, "seed": seed}, j, 1) for j, seed in enumerate(seeds)]
