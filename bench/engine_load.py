@@ -1,7 +1,8 @@
 """`bench/serve_load.py --engines builtin,llama.cpp,vllm`: each engine behind tuneforge's API, and each fast engine's own server.
 
 One invocation, one model, the same clients: for every engine, `tuneforge serve --engine E` is started
-in process (uvicorn in a thread; llama.cpp and vLLM as its child process), then 1 and 8
+in a process of its own, as it is deployed (llama.cpp and vLLM as its child process; --in-process runs
+it in this process, uvicorn in a thread, beside the clients: the earlier setup), then 1 and 8
 streaming chat clients (the official openai package) each run --duration seconds. Output tokens are
 counted on the client side, the same way for every server: a finished request's usage, plus one per
 content chunk of a request cut off at the deadline. Then the same load against the engine's own
@@ -18,9 +19,14 @@ end-of-turn token, so answers have the same lengths on average, not the same tex
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import openai
 
@@ -79,50 +85,113 @@ async def measure(base_url: str, model: str, clients: int, args) -> dict:
             "output_tokens_per_s": tally.tokens / wall, "ttft_p50": percentile(tally.first_token, 50)}
 
 
-def start_tuneforge(engine: str, args):
-    import uvicorn
-
+def build_app(engine: str, args, port: int):
     from tuneforge.serve.app import create_app
     from tuneforge.serve.options import ServeOptions
     from tuneforge.serve.served import load_served
 
     served = load_served(args.model)
-    options = ServeOptions(port=free_port(), engine=engine, engine_quant=args.quant, threads=args.threads,
+    options = ServeOptions(port=port, engine=engine, engine_quant=args.quant, threads=args.threads,
                            max_new_tokens=max(args.max_tokens, 16), max_concurrent=64,
                            max_batch_size=args.max_batch_size, llama_server=args.llama_server)
-    app = create_app(served, options)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=options.port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        assert thread.is_alive(), "the server did not start"
-        time.sleep(0.1)
-    return server, thread, app.state.server, f"http://127.0.0.1:{options.port}/v1", served.default
+    return create_app(served, options), served.default
 
 
-def own_label(engine) -> str:
-    if getattr(engine, "binary", None):
-        return "llama.cpp's own llama-server"
-    return "llama-cpp-python's own server" if engine.name == "llama.cpp" else "vLLM's own server"
+def describe(state, model: str) -> dict:
+    """What the measuring side needs: the served name, and the child server's port and name (None: builtin)."""
+    child = state.engine if hasattr(state.engine, "port") else None
+    if child is None:
+        return {"model": model, "child_port": None, "own": None}
+    own = "llama.cpp's own llama-server" if getattr(child, "binary", None) else (
+        "llama-cpp-python's own server" if child.name == "llama.cpp" else "vLLM's own server")
+    return {"model": model, "child_port": child.port, "own": own}
+
+
+def serve_for_bench(argv: list[str]) -> None:
+    """`engine_load.py --serve ENGINE ...`: tuneforge's server in this process (uvicorn in the main thread, so
+    SIGTERM drains it and stops its child); prints describe() as one JSON line once it listens."""
+    import argparse
+
+    import uvicorn
+
+    parser = argparse.ArgumentParser()
+    for flag in ("--serve", "--model", "--quant", "--llama-server"):
+        parser.add_argument(flag)
+    for flag in ("--port", "--threads", "--max-tokens", "--max-batch-size"):
+        parser.add_argument(flag, type=int)
+    args = parser.parse_args(argv)
+    app, model = build_app(args.serve, args, args.port)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=args.port, log_level="warning"))
+
+    def announce() -> None:
+        while not server.started:
+            time.sleep(0.1)
+        print(json.dumps(describe(app.state.server, model)), flush=True)
+
+    threading.Thread(target=announce, daemon=True).start()
+    server.run()
+
+
+@contextmanager
+def tuneforge_server(engine: str, args):
+    """`tuneforge serve --engine E`, yielding (its /v1 URL, describe()). In a process of its own by default, as it
+    is deployed: in this process the benchmark's own clients would share its GIL, which the engine's own server,
+    a process of its own, does not (--in-process measures it that way)."""
+    port = free_port()
+    if args.in_process:
+        import uvicorn
+
+        app, model = build_app(engine, args, port)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            assert thread.is_alive(), "the server did not start"
+            time.sleep(0.1)
+        try:
+            yield f"http://127.0.0.1:{port}/v1", describe(app.state.server, model)
+        finally:
+            server.should_exit = True
+            thread.join(120)
+        return
+    command = [sys.executable, str(Path(__file__).resolve()), "--serve", engine, "--model", args.model, "--port",
+               str(port), "--quant", args.quant, "--max-tokens", str(args.max_tokens), "--max-batch-size",
+               str(args.max_batch_size)]
+    command += ["--threads", str(args.threads)] if args.threads else []
+    command += ["--llama-server", args.llama_server] if args.llama_server else []
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        if not line:
+            raise SystemExit(f"tuneforge serve --engine {engine} did not start (exit code {process.wait()})")
+        yield f"http://127.0.0.1:{port}/v1", json.loads(line)
+    finally:
+        process.terminate()
+        process.wait(120)
+
+
+async def warm_up(servers: list[tuple[str, str]], args) -> None:
+    """Two requests to each server before anything is measured (first-request costs land in no round)."""
+    for url, model in servers:
+        async with openai.AsyncOpenAI(base_url=url, api_key="bench", max_retries=2, timeout=600) as client:
+            for prompt in PROMPTS[:2]:
+                await client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
+                                                     max_tokens=args.max_tokens, temperature=args.temperature)
 
 
 def run_engine(engine: str, counts: list[int], args) -> list[dict]:
     """tuneforge --engine E and (for a fast engine) its child server directly, alternated per round."""
-    server, thread, state, url, model = start_tuneforge(engine, args)
     rows = []
-    try:
-        child = None if engine == "builtin" else state.engine
+    with tuneforge_server(engine, args) as (url, info):
+        own_url = f"http://127.0.0.1:{info['child_port']}/v1" if info["child_port"] is not None else None
+        asyncio.run(warm_up([(url, info["model"])] + ([(own_url, "tuneforge-served")] if own_url else []), args))
         for clients in counts:
             for round_ in range(1, args.rounds + 1):
                 rows.append({"server": f"tuneforge --engine {engine}", "round": round_,
-                             **asyncio.run(measure(url, model, clients, args))})
-                if child is not None:
-                    own_url = f"http://127.0.0.1:{child.port}/v1"
-                    rows.append({"server": own_label(child), "round": round_,
+                             **asyncio.run(measure(url, info["model"], clients, args))})
+                if own_url is not None:
+                    rows.append({"server": info["own"], "round": round_,
                                  **asyncio.run(measure(own_url, "tuneforge-served", clients, args))})
-    finally:
-        server.should_exit = True
-        thread.join(120)
     return rows
 
 
@@ -142,9 +211,15 @@ def report(rows: list[dict]) -> None:
 def run_engines(args) -> None:
     counts = [int(c) for c in args.client_counts.split(",")]
     engines = args.engines.split(",")
+    where = "in this process" if args.in_process else "in a process of its own"
     print(f"model {args.model}; engines {', '.join(engines)}; clients {counts}; {args.duration:g} s each; "
-          f"max_tokens {args.max_tokens}, temperature {args.temperature}; llama.cpp GGUF {args.quant}")
+          f"max_tokens {args.max_tokens}, temperature {args.temperature}; llama.cpp GGUF {args.quant}; "
+          f"tuneforge serve {where}")
     rows = []
     for engine in engines:
         rows += run_engine(engine, counts, args)
     report(rows)
+
+
+if __name__ == "__main__":
+    serve_for_bench(sys.argv[1:])

@@ -1,8 +1,8 @@
 """`--engine llama.cpp` as a child server: what a request becomes, and its lifecycle against a stand-in llama-server.
 
 The stand-in is an executable script taking llama-server's flags: it streams "s<seed>-<i> " for /v1/completions
-as llama-server does (the finishing chunk carries the usage), records each request body, and dies when
-asked for 13 tokens. The shared lifecycle (child_server.py) is tested here through llama.cpp's side as
+as llama-server does (the finishing chunk carries the usage), records each request body, closes the
+connection without an answer the first time it is asked for 11 tokens, and dies when asked for 13. The shared lifecycle (child_server.py) is tested here through llama.cpp's side as
 tests/serve/test_engines.py tests it through vLLM's; tests/integration/test_fast_engines.py runs the real servers.
 """
 
@@ -52,6 +52,11 @@ class Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         with open(os.environ["FAKE_LLAMA_LOG"], "a") as out:
             out.write(json.dumps({"body": body}) + "\\n")
+        dropped = os.environ["FAKE_LLAMA_LOG"] + ".dropped"
+        if body["max_tokens"] == 11 and not os.path.exists(dropped):  # as llama-server closing a kept-alive connection
+            open(dropped, "w").close()
+            self.close_connection = True
+            return
         if body["model"] != args.alias or not all(isinstance(t, int) for t in body["prompt"]):
             self.send_response(400)
             self.end_headers()
@@ -116,6 +121,7 @@ def test_llama_server_streams_one_call_per_choice_restarts_after_a_crash_and_shu
         assert (body["top_k"], body["min_p"], body["repeat_penalty"]) == (0, 0.0, 1.0)  # llama.cpp's defaults off
         assert body["logit_bias"] == [[9, False]]
         assert engine.stats.generated_tokens == 3 + 2 * 2
+        assert submit(engine, 11).events[-1] == Done(0, "length", 11)  # a dropped connection is tried once more
 
         first_process = engine.process
         crashed = submit(engine, 13)
@@ -134,7 +140,7 @@ def test_llama_server_streams_one_call_per_choice_restarts_after_a_crash_and_shu
     assert engine.process.poll() is not None
     argv = records(log, "argv")
     assert len(argv) == 2
-    flags = dict(zip(argv[0][::2], argv[0][1::2]))
+    flags = {flag: value for flag, value in zip(argv[0], argv[0][1:]) if flag.startswith("--")}
     assert (flags["--parallel"], flags["--ctx-size"], flags["--threads"]) == ("4", "256", "2")  # 64 tokens per slot
 
 

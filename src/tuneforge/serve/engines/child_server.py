@@ -16,7 +16,8 @@ served again. shutdown() lets in-flight requests finish, then terminates the chi
 SIGKILL). Pinned by tests/serve/test_engines.py (a stand-in vLLM server and a stand-in llama-server).
 
 Forwarding: requests go out as /v1/completions calls with token ids, streamed, on an asyncio loop of
-its own thread (`relay` reads the chunks); text deltas and finish reasons come back as the events
+its own thread (`relay` reads the chunks; a call whose connection breaks before any answer is sent
+once more, because llama-server closes kept-alive connections that the client may just be reusing); text deltas and finish reasons come back as the events
 every engine sends, so tuneforge's HTTP layer does not know which engine answered. A choice's token
 count is its stream's usage (the chunk that carries `completion_tokens`: vLLM's last chunk,
 llama-server's finishing one); with several choices in one stream, continuous usage statistics
@@ -231,21 +232,29 @@ class ChildServerEngine:
 
     async def _call(self, request: Request, stream: Stream) -> None:
         self.stats.prefills += 1
-        try:
-            async with self._client.stream("POST", "/v1/completions", json=stream.body) as response:
-                if response.status_code != 200:
-                    detail = (await response.aread()).decode(errors="replace")[:500]
-                    request.sink(Failed(f"{self.label} answered {response.status_code}: {detail}"))
-                    return
-                finished = await relay(self.stats, request, stream, response.aiter_lines(), self._inflight)
-            if finished < stream.choices and not request.cancelled:  # the stream ended early: the server closed it
-                await self._lost(request, "ended the stream before the reply finished")
-        except self.httpx.TransportError as exc:
-            await self._lost(request, f"connection broke: {exc}")
-        except Exception as exc:  # a malformed chunk or a bug: this request fails, the others go on
-            log.exception("forwarding to %s failed", self.label)
-            self.stats.failures += 1
-            request.sink(Failed(f"generation failed: {type(exc).__name__}: {exc}"))
+        for attempt in (1, 2):
+            answered = False
+            try:
+                async with self._client.stream("POST", "/v1/completions", json=stream.body) as response:
+                    answered = True
+                    if response.status_code != 200:
+                        detail = (await response.aread()).decode(errors="replace")[:500]
+                        request.sink(Failed(f"{self.label} answered {response.status_code}: {detail}"))
+                        return
+                    finished = await relay(self.stats, request, stream, response.aiter_lines(), self._inflight)
+                if finished < stream.choices and not request.cancelled:  # the stream ended early: the server closed it
+                    await self._lost(request, "ended the stream before the reply finished")
+                return
+            except self.httpx.TransportError as exc:
+                if not answered and attempt == 1 and self.problem is None:
+                    continue  # a kept-alive connection the server had just closed (llama-server does): a new one
+                await self._lost(request, f"connection broke: {exc}")
+                return
+            except Exception as exc:  # a malformed chunk or a bug: this request fails, the others go on
+                log.exception("forwarding to %s failed", self.label)
+                self.stats.failures += 1
+                request.sink(Failed(f"generation failed: {type(exc).__name__}: {exc}"))
+                return
 
     async def _lost(self, request: Request, what: str, wait_s: float = 2.0) -> None:
         """A reply cut short: a 503 if the child died (the monitor notices within moments), else a failure."""

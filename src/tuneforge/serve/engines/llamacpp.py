@@ -138,14 +138,18 @@ class LlamaCppEngine(ChildServerEngine):
         return engine
 
     def command(self) -> list[str]:
-        threads = str(self.threads or os.cpu_count() or 1)
+        """The child's command line. Threads: --threads when given, else the server's own default (llama.cpp's
+        worker threads spin at each step's barrier, so on a busy machine fewer threads are far faster: 111
+        vs 6.4 tokens/s for 1 vs 2 threads on this 2-core machine at load 5; docs/deploy.md)."""
         common = ["--model", str(self.path), "--host", "127.0.0.1", "--port", str(self.port)]
+        threads = str(self.threads) if self.threads else None
         if self.binary:  # each slot gets n_ctx tokens of KV cache
             return [self.binary, *common, "--alias", MODEL_NAME, "--ctx-size", str(self.n_ctx * self.parallel),
-                    "--parallel", str(self.parallel), "--threads", threads, "--threads-batch", threads, "--no-webui"]
+                    "--parallel", str(self.parallel), "--no-webui",
+                    *(["--threads", threads, "--threads-batch", threads] if threads else [])]
         return [sys.executable, "-m", "llama_cpp.server", *common, "--model_alias", MODEL_NAME,
-                "--n_ctx", str(self.n_ctx), "--n_threads", threads, "--n_threads_batch", threads,
-                "--interrupt_requests", "False", "--logits_all", "False"]
+                "--n_ctx", str(self.n_ctx), "--interrupt_requests", "False", "--logits_all", "False",
+                *(["--n_threads", threads, "--n_threads_batch", threads] if threads else [])]
 
     def streams(self, request: Request) -> list[Stream]:
         params = request.params
