@@ -71,7 +71,8 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
                        "transformers); bfloat16 decodes about 2x faster on CPUs with native bf16 (AVX512-BF16/AMX), "
                        "with answers that may differ in wording (README: Serving speed)")
     serve.add_argument("--threads", type=int, metavar="N",
-                       help="CPU threads for torch (default: one per core; on a busy machine 1 can be much faster)")
+                       help="CPU threads for torch, or for llama.cpp's server with --engine llama.cpp (default: one per "
+                       "core, or the server's own default; on a busy machine 1 can be much faster)")
     serve.add_argument("--registry", type=Path, metavar="PATH", help="the model registry that registry:ALIAS is "
                        "looked up in (default: $TUNEFORGE_REGISTRY, else ./tuneforge-registry.db)")
     serve.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_ROOT, metavar="DIR",
