@@ -72,11 +72,11 @@ class ChildServerEngine:
     health_path = "/health"
     args_env = ""  # an environment variable of extra server flags (shell syntax; they come last, so they win)
 
-    def __init__(self, log_dir: Path, threads: int | None, startup_timeout_s: float, extra: str = "httpx2"):
+    def __init__(self, log_dir: Path, threads: int | None, startup_timeout_s: float):
         try:
             import httpx2
         except ImportError:
-            raise missing_engine(self.name, f"{extra} (tuneforge's client for the child server)",
+            raise missing_engine(self.name, "httpx2 (tuneforge's client for the child server)",
                                  f"pip install 'tuneforge[{self.name.replace('.', '')}]'") from None
         self.httpx = httpx2
         self.threads, self.startup_timeout_s = threads, startup_timeout_s
@@ -112,9 +112,10 @@ class ChildServerEngine:
     # --- the child process ---------------------------------------------------------------------
 
     def _launch(self) -> None:
-        log.info("starting %s: %s (log: %s)", self.label, " ".join(self.full_command()), self.log_path)
+        command = self.full_command()
+        log.info("starting %s: %s (log: %s)", self.label, " ".join(command), self.log_path)
         with open(self.log_path, "ab") as out:
-            self.process = subprocess.Popen(self.full_command(), stdout=out, stderr=subprocess.STDOUT, env=self.env(),
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=self.env(),
                                             start_new_session=True)
         self._wait_healthy()
 

@@ -114,12 +114,12 @@ class LlamaCppEngine(ChildServerEngine):
 
     def __init__(self, binary: str | None, path: Path, tokenizer, n_ctx: int, parallel: int = 1,
                  threads: int | None = None, suppressed: list[int] = (), startup_timeout_s: float = STARTUP_TIMEOUT_S):
+        self.label = "the llama-server" if binary else "llama-cpp-python's server"  # before super() uses it
+        self.health_path = "/health" if binary else "/v1/models"
         super().__init__(path.parent, threads, startup_timeout_s)
         self.binary, self.path, self.tokenizer, self.n_ctx = binary, path, tokenizer, n_ctx
         self.parallel = parallel if binary else 1  # llama-cpp-python's server decodes one request at a time
         self.suppressed = list(suppressed)  # the generation config's suppress_tokens, never sampled (as built-in)
-        self.label = "the llama-server" if binary else "llama-cpp-python's server"
-        self.health_path = "/health" if binary else "/v1/models"
 
     @classmethod
     def for_served(cls, served: Served, options: ServeOptions) -> LlamaCppEngine:
