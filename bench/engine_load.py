@@ -1,16 +1,16 @@
 """`bench/serve_load.py --engines builtin,llama.cpp,vllm`: each engine behind tuneforge's API, and each fast engine's own server.
 
 One invocation, one model, the same clients: for every engine, `tuneforge serve --engine E` is started
-in process (uvicorn in a thread; llama.cpp in process, vLLM as its child process), then 1 and 8
+in a process of its own, as it is deployed (llama.cpp and vLLM as its child process; --in-process runs
+it in this process, uvicorn in a thread, beside the clients: the earlier setup), then 1 and 8
 streaming chat clients (the official openai package) each run --duration seconds. Output tokens are
 counted on the client side, the same way for every server: a finished request's usage, plus one per
 content chunk of a request cut off at the deadline. Then the same load against the engine's own
-server on the same weights, the baseline for tuneforge's overhead:
-
-- vllm: the vLLM OpenAI server tuneforge started as its child (its port directly; same process,
-  same weights, no tuneforge in between);
-- llama.cpp: llama-cpp-python's own OpenAI server (`python -m llama_cpp.server`, the
-  `llama-cpp-python[server]` extra) on the same cached GGUF file, when it is installed.
+server on the same weights, the baseline for tuneforge's overhead: the server tuneforge started as
+its child (vLLM's OpenAI server; llama.cpp's llama-server, or llama-cpp-python's server where no
+llama-server binary is found), its port directly: same process, same weights, no tuneforge in between.
+--rounds N alternates tuneforge and the own server N times per client count (the machine's load
+drifts; each round's ratio is printed).
 
 Its own chat template and detokenizer answer there, ours through tuneforge; both stop at the
 end-of-turn token, so answers have the same lengths on average, not the same text.
@@ -19,12 +19,14 @@ end-of-turn token, so answers have the same lengths on average, not the same tex
 from __future__ import annotations
 
 import asyncio
-import importlib.util
+import json
 import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import openai
 
@@ -83,97 +85,141 @@ async def measure(base_url: str, model: str, clients: int, args) -> dict:
             "output_tokens_per_s": tally.tokens / wall, "ttft_p50": percentile(tally.first_token, 50)}
 
 
-def start_tuneforge(engine: str, args):
-    import uvicorn
-
+def build_app(engine: str, args, port: int):
     from tuneforge.serve.app import create_app
     from tuneforge.serve.options import ServeOptions
     from tuneforge.serve.served import load_served
 
     served = load_served(args.model)
-    options = ServeOptions(port=free_port(), engine=engine, engine_quant=args.quant, threads=args.threads,
-                           max_new_tokens=max(args.max_tokens, 16), max_concurrent=64)
-    app = create_app(served, options)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=options.port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        assert thread.is_alive(), "the server did not start"
-        time.sleep(0.1)
-    return server, thread, app.state.server, f"http://127.0.0.1:{options.port}/v1", served.default
+    options = ServeOptions(port=port, engine=engine, engine_quant=args.quant, threads=args.threads,
+                           max_new_tokens=max(args.max_tokens, 16), max_concurrent=64,
+                           max_batch_size=args.max_batch_size, llama_server=args.llama_server)
+    return create_app(served, options), served.default
 
 
-def own_llama_cpp_server(gguf_path: str, args):
-    """llama-cpp-python's own OpenAI server on the same file, or None when its [server] extra is missing."""
-    if importlib.util.find_spec("llama_cpp.server") is None or importlib.util.find_spec("sse_starlette") is None:
-        return None
+def describe(state, model: str) -> dict:
+    """What the measuring side needs: the served name, and the child server's port and name (None: builtin)."""
+    child = state.engine if hasattr(state.engine, "port") else None
+    if child is None:
+        return {"model": model, "child_port": None, "own": None}
+    own = "llama.cpp's own llama-server" if getattr(child, "binary", None) else (
+        "llama-cpp-python's own server" if child.name == "llama.cpp" else "vLLM's own server")
+    return {"model": model, "child_port": child.port, "own": own}
+
+
+def serve_for_bench(argv: list[str]) -> None:
+    """`engine_load.py --serve ENGINE ...`: tuneforge's server in this process (uvicorn in the main thread, so
+    SIGTERM drains it and stops its child); prints describe() as one JSON line once it listens."""
+    import argparse
+
+    import uvicorn
+
+    parser = argparse.ArgumentParser()
+    for flag in ("--serve", "--model", "--quant", "--llama-server"):
+        parser.add_argument(flag)
+    for flag in ("--port", "--threads", "--max-tokens", "--max-batch-size"):
+        parser.add_argument(flag, type=int)
+    args = parser.parse_args(argv)
+    app, model = build_app(args.serve, args, args.port)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=args.port, log_level="warning"))
+
+    def announce() -> None:
+        while not server.started:
+            time.sleep(0.1)
+        print(json.dumps(describe(app.state.server, model)), flush=True)
+
+    threading.Thread(target=announce, daemon=True).start()
+    server.run()
+
+
+@contextmanager
+def tuneforge_server(engine: str, args):
+    """`tuneforge serve --engine E`, yielding (its /v1 URL, describe()). In a process of its own by default, as it
+    is deployed: in this process the benchmark's own clients would share its GIL, which the engine's own server,
+    a process of its own, does not (--in-process measures it that way)."""
     port = free_port()
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", gguf_path, "--port", str(port),
-               "--n_ctx", "2048", "--model_alias", "own"]
-    if args.threads:
-        command += ["--n_threads", str(args.threads)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import urllib.request
+    if args.in_process:
+        import uvicorn
 
-    for _ in range(300):
+        app, model = build_app(engine, args, port)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            assert thread.is_alive(), "the server did not start"
+            time.sleep(0.1)
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
-            return process, f"http://127.0.0.1:{port}/v1"
-        except OSError:
-            time.sleep(1)
-    process.terminate()
-    return None
+            yield f"http://127.0.0.1:{port}/v1", describe(app.state.server, model)
+        finally:
+            server.should_exit = True
+            thread.join(120)
+        return
+    command = [sys.executable, str(Path(__file__).resolve()), "--serve", engine, "--model", args.model, "--port",
+               str(port), "--quant", args.quant, "--max-tokens", str(args.max_tokens), "--max-batch-size",
+               str(args.max_batch_size)]
+    command += ["--threads", str(args.threads)] if args.threads else []
+    command += ["--llama-server", args.llama_server] if args.llama_server else []
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        if not line:
+            raise SystemExit(f"tuneforge serve --engine {engine} did not start (exit code {process.wait()})")
+        yield f"http://127.0.0.1:{port}/v1", json.loads(line)
+    finally:
+        process.terminate()
+        process.wait(120)
+
+
+async def warm_up(servers: list[tuple[str, str]], args) -> None:
+    """Two requests to each server before anything is measured (first-request costs land in no round)."""
+    for url, model in servers:
+        async with openai.AsyncOpenAI(base_url=url, api_key="bench", max_retries=2, timeout=600) as client:
+            for prompt in PROMPTS[:2]:
+                await client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
+                                                     max_tokens=args.max_tokens, temperature=args.temperature)
 
 
 def run_engine(engine: str, counts: list[int], args) -> list[dict]:
-    server, thread, state, url, model = start_tuneforge(engine, args)
+    """tuneforge --engine E and (for a fast engine) its child server directly, alternated per round."""
     rows = []
-    try:
+    with tuneforge_server(engine, args) as (url, info):
+        own_url = f"http://127.0.0.1:{info['child_port']}/v1" if info["child_port"] is not None else None
+        asyncio.run(warm_up([(url, info["model"])] + ([(own_url, "tuneforge-served")] if own_url else []), args))
         for clients in counts:
-            rows.append({"server": f"tuneforge --engine {engine}", **asyncio.run(measure(url, model, clients, args))})
-        own = None
-        if engine == "vllm":
-            own = (None, f"http://127.0.0.1:{state.engine.port}/v1", "tuneforge-served", "vLLM's own server")
-        elif engine == "llama.cpp":
-            started = own_llama_cpp_server(str(state.engine.path), args)
-            own = started and (started[0], started[1], "own", "llama-cpp-python's own server")
-            if own is None:
-                print("  (llama-cpp-python's own server is not installed: pip install 'llama-cpp-python[server]')")
-        if own:
-            process, own_url, own_model, label = own
-            try:
-                for clients in counts:
-                    rows.append({"server": label, **asyncio.run(measure(own_url, own_model, clients, args))})
-            finally:
-                if process is not None:
-                    process.terminate()
-                    process.wait(60)
-    finally:
-        server.should_exit = True
-        thread.join(120)
+            for round_ in range(1, args.rounds + 1):
+                rows.append({"server": f"tuneforge --engine {engine}", "round": round_,
+                             **asyncio.run(measure(url, info["model"], clients, args))})
+                if own_url is not None:
+                    rows.append({"server": info["own"], "round": round_,
+                                 **asyncio.run(measure(own_url, "tuneforge-served", clients, args))})
     return rows
 
 
 def report(rows: list[dict]) -> None:
-    print(f"{'server':<34}{'clients':>8}{'requests':>9}{'errors':>7}{'out tok/s':>11}{'TTFT p50':>10}")
+    print(f"{'server':<34}{'round':>6}{'clients':>8}{'requests':>9}{'errors':>7}{'out tok/s':>11}{'TTFT p50':>10}")
     for r in rows:
-        print(f"{r['server']:<34}{r['clients']:>8}{r['requests']:>9}{r['errors']:>7}{r['output_tokens_per_s']:>11.1f}"
-              f"{r['ttft_p50']:>9.2f}s")
-    for r in rows:
-        if r["server"].startswith("tuneforge --engine ") and r["server"] != "tuneforge --engine builtin":
-            own = [o for o in rows if not o["server"].startswith("tuneforge") and o["clients"] == r["clients"]
-                   and ("vLLM" in o["server"]) == ("vllm" in r["server"])]
-            if own and own[0]["output_tokens_per_s"] > 0:
-                print(f"{r['server']} / its own server, {r['clients']} client(s): "
-                      f"{r['output_tokens_per_s'] / own[0]['output_tokens_per_s']:.2f}x output tokens/s")
+        print(f"{r['server']:<34}{r['round']:>6}{r['clients']:>8}{r['requests']:>9}{r['errors']:>7}"
+              f"{r['output_tokens_per_s']:>11.1f}{r['ttft_p50']:>9.2f}s")
+    for i, r in enumerate(rows[:-1]):
+        own = rows[i + 1]
+        if r["server"].startswith("tuneforge --engine ") and not own["server"].startswith("tuneforge") \
+                and own["output_tokens_per_s"] > 0:
+            print(f"{r['server']} / {own['server']}, {r['clients']} client(s), round {r['round']}: "
+                  f"{r['output_tokens_per_s'] / own['output_tokens_per_s']:.2f}x output tokens/s")
 
 
 def run_engines(args) -> None:
     counts = [int(c) for c in args.client_counts.split(",")]
     engines = args.engines.split(",")
+    where = "in this process" if args.in_process else "in a process of its own"
     print(f"model {args.model}; engines {', '.join(engines)}; clients {counts}; {args.duration:g} s each; "
-          f"max_tokens {args.max_tokens}, temperature {args.temperature}; llama.cpp GGUF {args.quant}")
+          f"max_tokens {args.max_tokens}, temperature {args.temperature}; llama.cpp GGUF {args.quant}; "
+          f"tuneforge serve {where}")
     rows = []
     for engine in engines:
         rows += run_engine(engine, counts, args)
     report(rows)
+
+
+if __name__ == "__main__":
+    serve_for_bench(sys.argv[1:])

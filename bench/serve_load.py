@@ -147,6 +147,11 @@ def main() -> None:
                         "(each behind tuneforge's API, and each fast engine against its own server; bench/engine_load.py)")
     parser.add_argument("--client-counts", default="1,8", help="with --engines: the client counts to run (default 1,8)")
     parser.add_argument("--quant", default="q8_0", help="with --engines: llama.cpp's GGUF quantisation (default q8_0)")
+    parser.add_argument("--in-process", action="store_true", help="with --engines: run tuneforge's server in this "
+                        "process, beside the clients (default: a process of its own, as deployed)")
+    parser.add_argument("--rounds", type=int, default=1, help="with --engines: tuneforge / own server alternations")
+    parser.add_argument("--llama-server", help="with --engines: llama.cpp's llama-server binary, or 'python' "
+                        "(default: $TUNEFORGE_LLAMA_SERVER, else llama-server on PATH, else llama-cpp-python's server)")
     args = parser.parse_args()
     if args.engines:
         from engine_load import run_engines  # bench/ is on sys.path when run as a script

@@ -4,13 +4,16 @@ A tiny random Llama with 64-wide heads (vLLM's CPU attention takes the usual hea
 by the real command in a subprocess; the test asks it through the openai client (plain and
 streamed), and checks the request log and /metrics saw the requests as with the built-in engine.
 Skipped with a message where the engine is not installed: vLLM lives in its own virtualenv, named
-by TUNEFORGE_VLLM_PYTHON (docs/deploy.md); llama.cpp needs llama-cpp-python.
+by TUNEFORGE_VLLM_PYTHON (docs/deploy.md); llama.cpp needs llama-cpp-python, and runs once through
+llama-cpp-python's server and once through llama.cpp's llama-server where one is found
+($TUNEFORGE_LLAMA_SERVER or PATH; docs/deploy.md says how to build it).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -24,6 +27,7 @@ import pytest
 from tests.conftest import CHATML, train_tokenizer
 
 VLLM_PYTHON = os.environ.get("TUNEFORGE_VLLM_PYTHON")
+LLAMA_SERVER = os.environ.get("TUNEFORGE_LLAMA_SERVER") or shutil.which("llama-server")
 
 
 def model_dir(path: Path) -> Path:
@@ -109,5 +113,12 @@ def test_serving_through_vllm_with_the_openai_client(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
                     reason="llama-cpp-python is not installed (pip install 'tuneforge[llamacpp]')")
-def test_serving_through_llama_cpp_with_the_openai_client(tmp_path):
-    serve_and_ask(tmp_path, "llama.cpp", startup_s=300, extra=("--quant", "f32"))
+def test_serving_through_llama_cpp_python_server_with_the_openai_client(tmp_path):
+    serve_and_ask(tmp_path, "llama.cpp", startup_s=300, extra=("--quant", "f32", "--llama-server", "python"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None or not LLAMA_SERVER,
+                    reason="llama-cpp-python or llama-server is not installed: set TUNEFORGE_LLAMA_SERVER to a "
+                    "llama-server binary (docs/deploy.md: Building llama.cpp's llama-server)")
+def test_serving_through_llama_server_with_the_openai_client(tmp_path):
+    serve_and_ask(tmp_path, "llama.cpp", startup_s=300, extra=("--quant", "f32", "--llama-server", LLAMA_SERVER))

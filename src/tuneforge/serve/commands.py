@@ -71,18 +71,22 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
                        "transformers); bfloat16 decodes about 2x faster on CPUs with native bf16 (AVX512-BF16/AMX), "
                        "with answers that may differ in wording (README: Serving speed)")
     serve.add_argument("--threads", type=int, metavar="N",
-                       help="CPU threads for torch (default: one per core; on a busy machine 1 can be much faster)")
+                       help="CPU threads for torch, or for llama.cpp's server with --engine llama.cpp (default: one per "
+                       "core, or the server's own default; on a busy machine 1 can be much faster)")
     serve.add_argument("--registry", type=Path, metavar="PATH", help="the model registry that registry:ALIAS is "
                        "looked up in (default: $TUNEFORGE_REGISTRY, else ./tuneforge-registry.db)")
     serve.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_ROOT, metavar="DIR",
                        help=f"where the dashboard at / looks for run directories (default ./{DEFAULT_RUNS_ROOT})")
     serve.add_argument("--engine", choices=("builtin", "llama.cpp", "vllm"), default="builtin",
                        help="what generates behind the same API: builtin (default; batching over transformers), "
-                       "llama.cpp (llama-cpp-python in process, on a GGUF export cached on first use; extra "
-                       "'tuneforge[llamacpp]'), vllm (a vLLM OpenAI server as a child process, on a merged export; "
+                       "llama.cpp (llama.cpp's server as a child process, on a GGUF export cached on first use; "
+                       "see --llama-server; extra 'tuneforge[llamacpp]'), vllm (a vLLM OpenAI server as a child process, on a merged export; "
                        "vLLM in its own virtualenv, see --vllm-python). See docs/deploy.md")
     serve.add_argument("--quant", default="q8_0", metavar="TYPE",
                        help="--engine llama.cpp: the GGUF export's weights (f32, f16, bf16, q8_0; default q8_0)")
+    serve.add_argument("--llama-server", metavar="PATH", help="--engine llama.cpp: llama.cpp's llama-server binary "
+                       "(default: $TUNEFORGE_LLAMA_SERVER, else llama-server on PATH, else llama-cpp-python's own server, "
+                       "one request at a time; 'python' picks that one)")
     serve.add_argument("--vllm-python", metavar="PATH", help="--engine vllm: the python of the virtualenv vLLM is "
                        "installed in (default: $TUNEFORGE_VLLM_PYTHON, else this python)")
     serve.add_argument("--registry-poll", type=float, metavar="SECONDS",
@@ -100,6 +104,7 @@ def options_from(args: argparse.Namespace) -> ServeOptions:
             log_max_rows=args.log_max_rows, log_redact_pii=args.log_redact_pii,
             runs_dir=args.runs_dir, registry_db=args.registry,
             engine=args.engine, engine_quant=args.quant, threads=args.threads, vllm_python=args.vllm_python,
+            llama_server=args.llama_server,
         )
     except ValueError as exc:
         raise ConfigError(f"tuneforge serve: {exc}") from exc

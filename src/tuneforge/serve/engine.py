@@ -138,8 +138,8 @@ class EngineStats:
 
 
 class RequestQueue:
-    """What an engine that generates on its own thread shares with any other (the built-in engine, the
-    llama.cpp one): a queue of admitted requests, the thread, and how it starts, takes requests and drains.
+    """What an engine that generates on its own thread of this process needs (the built-in engine's scheduler;
+    the fast engines run in a child process instead, engines/child_server.py): a queue of admitted requests, the thread, and how it starts, takes requests and drains.
     The thread runs `self._run`, which waits on `_wake` for `_waiting` and stops once `_closing` is set
     and nothing is left."""
 

@@ -37,11 +37,12 @@ class ServeOptions:
     # (None: registry/store.py's default, $TUNEFORGE_REGISTRY else ./tuneforge-registry.db).
     runs_dir: Path = Path("runs")
     registry_db: Path | None = None
-    # What generates (serve/engines/): the built-in batching engine, llama.cpp in process, or a vLLM child process.
+    # What generates (serve/engines/): the built-in batching engine, or a llama.cpp or vLLM server as a child process.
     engine: str = "builtin"
     engine_quant: str = "q8_0"  # the GGUF quantisation llama.cpp serves
     threads: int | None = None  # CPU threads for the engine (torch or llama.cpp); None: one per core
     vllm_python: str | None = None  # the vLLM virtualenv's interpreter; None: $TUNEFORGE_VLLM_PYTHON
+    llama_server: str | None = None  # llama.cpp's llama-server binary, or "python"; None: $TUNEFORGE_LLAMA_SERVER, PATH
 
     def __post_init__(self) -> None:
         for name in ("max_prompt_tokens", "max_new_tokens", "max_concurrent", "max_batch_size", "max_body_bytes"):

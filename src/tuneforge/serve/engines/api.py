@@ -5,8 +5,8 @@ ids, sampling parameters, a thread-safe sink) and read `Delta`/`Done`/`Failed` e
 and /metrics read a few gauges and counters; the app starts and drains it; the registry watcher
 (live.py) swaps one engine for another. Everything else the server does (API keys, limits, the
 request log, feedback, metrics, hot swap, the chat page) lives above this seam, so it is the same
-whichever engine generates: the built-in batching engine (serve/engine.py), llama.cpp in process
-(llamacpp.py) or a vLLM server in a child process (vllm.py).
+whichever engine generates: the built-in batching engine (serve/engine.py), or llama.cpp's or vLLM's own
+server in a child process (llamacpp.py, vllm.py; what they share is child_server.py).
 """
 
 from __future__ import annotations

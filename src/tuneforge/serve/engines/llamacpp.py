@@ -1,37 +1,71 @@
-"""`--engine llama.cpp`: llama-cpp-python in process, on the GGUF export of the served model.
+"""`--engine llama.cpp`: llama.cpp's own server as a child process on the GGUF export; tuneforge forwards and streams back.
 
 The served model (a LoRA run merged first) is written once as GGUF (deploy/gguf.py, `--quant`,
 default q8_0) into TUNEFORGE_HOME/engines/gguf/KEY/ (select.py). Before a new file enters the cache,
 llama.cpp's logits on a probe prompt must match the transformers model's within the quantisation's
 llama.cpp tolerance (deploy/gguf_export.TOLERANCES): a file llama.cpp reads differently is never
-served. The transformers weights are then let go; llama.cpp holds the model.
+served. The transformers weights are then let go; the child holds the model.
 
-One llama.cpp context serves one sequence at a time, so requests (and the n choices of one) run
-one after another on a single thread, each reusing the KV cache of the prompt prefix it shares with
-the previous one (llama-cpp-python matches the longest common prefix). Prompts arrive as token ids
-tokenized by the served tokenizer, and replies are detokenized by it (decoding.TextStream), so
-stop strings, end-of-turn tokens and text come out exactly as with the built-in engine; only the
-logits come from llama.cpp. Sampling is llama.cpp's (temperature, top_p, seeded per choice).
+Which server (`llama_server`): llama.cpp's C++ `llama-server` when found (--llama-server PATH,
+$TUNEFORGE_LLAMA_SERVER, else `llama-server` on PATH), with `--parallel` slots (--max-batch-size) so
+concurrent requests decode together; else llama-cpp-python's own server (`python -m llama_cpp.server`,
+the `llama-cpp-python[server]` extra), which decodes one request at a time. Either runs in its own
+process, so generation never competes with tuneforge's HTTP layer for the GIL (the in-process engine
+this replaced reached 0.20-0.75x of llama.cpp's own server; bench/RESULTS.md). Extra server flags:
+$TUNEFORGE_LLAMA_ARGS. Its life (start, health, crash -> 503 -> restart, shutdown) and the relay are
+child_server.py's, shared with the vLLM engine; tests/serve/test_engines.py runs them against a
+stand-in llama-server.
+
+What only llama.cpp does here: one call per choice (seeded seed + j, as the built-in engine seeds
+choice j), sampling pinned to the built-in engine's (temperature then top_p; llama.cpp's default
+top_k 40, min_p 0.05 and repeat penalty switched off), the generation config's suppressed tokens as
+logit biases. llama-server takes the prompt as token ids; llama-cpp-python's server takes text only,
+so it gets the ids decoded (special tokens kept as text, which it tokenizes back as special tokens).
+Replies stop at the end-of-turn and EOS tokens the GGUF names, and are detokenized by llama.cpp.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import random
+import shutil
+import sys
 from pathlib import Path
 
-from tuneforge.errors import ModelError
+from tuneforge.errors import ConfigError, ModelError
 from tuneforge.models.generate import end_of_turn_ids
-from tuneforge.serve.decoding import TextStream
-from tuneforge.serve.engine import Delta, Done, EngineStats, Failed, Request, RequestQueue
+from tuneforge.serve.engine import Request
 from tuneforge.serve.engines.api import missing_engine
+from tuneforge.serve.engines.child_server import MODEL_NAME, ChildServerEngine, Stream
 from tuneforge.serve.engines.select import cache_dir, fill_cache, merged_model, source_key
 from tuneforge.serve.options import ServeOptions
 from tuneforge.serve.served import Served
 
 log = logging.getLogger("tuneforge.serve")
+SERVER_ENV = "TUNEFORGE_LLAMA_SERVER"
+PYTHON_SERVER = "python"  # --llama-server python: llama-cpp-python's server even where llama-server is found
+STARTUP_TIMEOUT_S = 300.0
+SEED_RANGE = 0xFFFFFFFF  # llama.cpp seeds are 32-bit and 0xFFFFFFFF means "random": a 64-bit seed is folded below it
 INSTALL = "pip install 'tuneforge[llamacpp]' (llama-cpp-python; it builds llama.cpp from source, ~10 min on 2 cores)"
+SERVER_MODULES = ("llama_cpp.server", "sse_starlette", "starlette_context", "pydantic_settings", "uvicorn")
+
+
+def llama_server(options: ServeOptions) -> str | None:
+    """The llama-server binary to run, or None for llama-cpp-python's server (a clear error when neither is there)."""
+    chosen = options.llama_server or os.environ.get(SERVER_ENV)
+    if chosen and chosen != PYTHON_SERVER:
+        found = shutil.which(chosen)
+        if found is None:
+            raise ConfigError(f"--llama-server {chosen} (or ${SERVER_ENV}): not an executable file; build llama-server "
+                              f"as docs/deploy.md says, or pass --llama-server {PYTHON_SERVER}")
+        return found
+    found = None if chosen == PYTHON_SERVER else shutil.which("llama-server")
+    if found is None and any(importlib.util.find_spec(name) is None for name in SERVER_MODULES):
+        raise missing_engine("llama.cpp", "llama.cpp's server (no llama-server binary found, and llama-cpp-python's "
+                             "server extra is not installed)", INSTALL + f", or set {SERVER_ENV} to a llama-server binary")
+    return found
 
 
 def gguf_for(served: Served, quant: str) -> Path:
@@ -74,118 +108,65 @@ def probe_check(model, tokenizer, path: Path, quant: str) -> None:
                          f"(tolerance {TOLERANCES[quant].llama_cpp_atol:g} for {quant}); serve it with --engine builtin")
 
 
-class LlamaCppEngine(RequestQueue):
-    def __init__(self, path: Path, tokenizer, stop_ids: list[int], n_ctx: int, threads: int | None = None,
-                 suppressed: list[int] = ()):
-        from tuneforge.deploy.gguf_llamacpp import open_llama
+class LlamaCppEngine(ChildServerEngine):
+    name = "llama.cpp"
+    args_env = "TUNEFORGE_LLAMA_ARGS"
 
-        self.path = path
-        self.tokenizer = tokenizer
-        self.stop_ids = set(stop_ids)
+    def __init__(self, binary: str | None, path: Path, tokenizer, n_ctx: int, parallel: int = 1,
+                 threads: int | None = None, suppressed: list[int] = (), startup_timeout_s: float = STARTUP_TIMEOUT_S):
+        self.label = "the llama-server" if binary else "llama-cpp-python's server"  # before super() uses it
+        self.health_path = "/health" if binary else "/v1/models"
+        super().__init__(path.parent, threads, startup_timeout_s)
+        self.binary, self.path, self.tokenizer, self.n_ctx = binary, path, tokenizer, n_ctx
+        self.parallel = parallel if binary else 1  # llama-cpp-python's server decodes one request at a time
         self.suppressed = list(suppressed)  # the generation config's suppress_tokens, never sampled (as built-in)
-        threads = threads or os.cpu_count() or 1
-        self.llm = open_llama(path, n_ctx=n_ctx, threads=threads)
-        self.n_ctx = n_ctx
-        self.stats = EngineStats()
-        self._current: Request | None = None
-        self._init_queue("tuneforge-llama.cpp")
 
     @classmethod
     def for_served(cls, served: Served, options: ServeOptions) -> LlamaCppEngine:
         try:
-            import llama_cpp  # noqa: F401
+            import llama_cpp  # noqa: F401  (the probe check reads the export through it)
         except ImportError:
             raise missing_engine("llama.cpp", "llama-cpp-python", INSTALL) from None
-        stops = end_of_turn_ids(getattr(served.model, "generation_config", None), served.tokenizer)
+        binary = llama_server(options)
         path = gguf_for(served, options.engine_quant)
         n_ctx = options.max_prompt_tokens + options.max_new_tokens
         if served.context_length:
             n_ctx = min(n_ctx, served.context_length)
         suppressed = getattr(getattr(served.model, "generation_config", None), "suppress_tokens", None) or []
-        engine = cls(path, served.tokenizer, stops, n_ctx, options.threads, suppressed)
-        served.model = None  # llama.cpp holds the weights now; the transformers copy is freed
+        engine = cls(binary, path, served.tokenizer, n_ctx, options.max_batch_size, options.threads, suppressed)
+        served.model = None  # the child holds the weights now; the transformers copy is freed
         return engine
 
-    # --- called from other threads -------------------------------------------------------------
+    def command(self) -> list[str]:
+        """The child's command line. Threads: --threads when given, else the server's own default (llama.cpp's
+        worker threads spin at each step's barrier, so on a busy machine fewer threads are far faster: 111
+        vs 6.4 tokens/s for 1 vs 2 threads on this 2-core machine at load 5; docs/deploy.md)."""
+        common = ["--model", str(self.path), "--host", "127.0.0.1", "--port", str(self.port)]
+        threads = str(self.threads) if self.threads else None
+        if self.binary:  # each slot gets n_ctx tokens of KV cache
+            return [self.binary, *common, "--alias", MODEL_NAME, "--ctx-size", str(self.n_ctx * self.parallel),
+                    "--parallel", str(self.parallel), "--no-webui",
+                    *(["--threads", threads, "--threads-batch", threads] if threads else [])]
+        return [sys.executable, "-m", "llama_cpp.server", *common, "--model_alias", MODEL_NAME,
+                "--n_ctx", str(self.n_ctx), "--interrupt_requests", "False", "--logits_all", "False",
+                *(["--n_threads", threads, "--n_threads_batch", threads] if threads else [])]
 
-    def shutdown(self, timeout: float | None = None) -> bool:
-        """As the built-in engine's, then frees llama.cpp's weights once the thread has ended."""
-        finished = super().shutdown(timeout)
-        if finished and self.llm is not None:
-            self.llm.close()
-            self.llm = None
-        return finished
-
-    @property
-    def running(self) -> int:
-        return 1 if self._current is not None else 0
-
-    # --- the generation thread -----------------------------------------------------------------
-
-    def _next(self) -> Request | None:
-        with self._wake:
-            while True:
-                while self._waiting and self._waiting[0].cancelled:
-                    self._waiting.popleft()
-                if self._waiting:
-                    self._current = self._waiting.popleft()
-                    return self._current
-                if self._closing:
-                    return None
-                self._wake.wait()
-
-    def _run(self) -> None:
-        while (request := self._next()) is not None:
-            try:
-                for j in range(request.n):
-                    if request.cancelled:
-                        break
-                    self._generate(request, j)
-            except Exception as exc:  # a llama.cpp error: fail this request, keep serving the others
-                log.exception("llama.cpp generation failed")
-                self.stats.failures += 1
-                request.sink(Failed(f"generation failed: {type(exc).__name__}: {exc}"))
-            finally:
-                self._current = None
-
-    def _generate(self, request: Request, j: int) -> None:
-        params, choice = request.params, request.first_choice + j
-        if len(request.prompt) + params.max_tokens > self.n_ctx:
-            raise ModelError(f"prompt ({len(request.prompt)} tokens) + max_tokens ({params.max_tokens}) exceeds "
-                             f"llama.cpp's context of {self.n_ctx} tokens")
-        self.llm.set_seed(params.seed + j if params.seed is not None else random.getrandbits(31))
-        text, generated = TextStream(self.tokenizer, params.stop), 0
-        self.stats.prefills += 1
-        tokens = self.llm.generate(request.prompt, temp=params.temperature, top_p=params.top_p, top_k=0, min_p=0.0,
-                                   typical_p=1.0, repeat_penalty=1.0, reset=True,
-                                   logits_processor=self._suppress if self.suppressed else None)
-        for token in tokens:
-            if request.cancelled:
-                return
-            generated += 1
-            if generated == 1:
-                self.stats.prefilled_rows += 1
-            else:
-                self.stats.decode_steps += 1
-                self.stats.decoded_rows += 1
-            reason, piece = self._advance(text, int(token), generated, params.max_tokens)
-            if piece:
-                request.sink(Delta(choice, piece))
-            if reason:
-                request.sink(Done(choice, reason, generated))
-                return
-
-    def _suppress(self, input_ids, scores):
-        scores[self.suppressed] = -float("inf")
-        return scores
-
-    def _advance(self, text: TextStream, token: int, generated: int, max_tokens: int) -> tuple[str | None, str]:
-        """(finish reason or None, the text to send) after one new token, as the built-in engine decides them."""
-        if token in self.stop_ids:
-            return "stop", text.finish()
-        piece = text.add(token)
-        if text.stopped:
-            return "stop", piece
-        if generated >= max_tokens:
-            return "length", piece + text.finish()
-        return None, piece
+    def streams(self, request: Request) -> list[Stream]:
+        params = request.params
+        body = {"model": MODEL_NAME, "max_tokens": params.max_tokens, "temperature": params.temperature,
+                "top_p": params.top_p, "top_k": 0, "min_p": 0.0, "typical_p": 1.0, "repeat_penalty": 1.0,
+                "presence_penalty": 0.0, "frequency_penalty": 0.0, "stream": True}
+        if params.stop:
+            body["stop"] = list(params.stop)
+        if self.binary:
+            body.update(prompt=request.prompt, cache_prompt=True, samplers=["temperature", "top_p"])
+            if self.suppressed:
+                body["logit_bias"] = [[token, False] for token in self.suppressed]
+        else:
+            body["prompt"] = self.tokenizer.decode(request.prompt, skip_special_tokens=False,
+                                                   clean_up_tokenization_spaces=False)
+            if self.suppressed:
+                body.update(logit_bias={str(token): -1e9 for token in self.suppressed}, logit_bias_type="input_ids")
+        seeds = [(params.seed + j) % SEED_RANGE if params.seed is not None else random.getrandbits(31)
+                 for j in range(request.n)]
+        return [Stream({**body, "seed": seed}, j, 1) for j, seed in enumerate(seeds)]
