@@ -162,12 +162,9 @@ class ClassifyMethod:
                                "(set data.test or data.test_split)")
             return HeldOut(None, None, None)
         tuned, probabilities, predicted = self.evaluate(model, self.held)
-        if self.base is not None:  # None only when a resumed run lost eval/base_scores.json
-            print_table(self.console, self.held_name, len(self.held.rows), self.base, tuned)
-        rows = prediction_rows(self.held.examples, predicted, probabilities, self.labels)
-        written = write_evaluation(self.run_dir / "eval", self.held_name, self.base, tuned, rows)
-        self.console.print(f"per-class scores, predictions and confusion matrices: {', '.join(str(p) for p in written)}")
-        return HeldOut(self.held_name, self.base, tuned)
+        held = self.held.examples
+        rows = prediction_rows(("text", held.texts), held.labels, held.sources, predicted, probabilities, self.labels)
+        return report_held_out(self.console, self.run_dir, HeldOut(self.held_name, self.base, tuned), rows)
 
 
 def closing(result) -> list[str]:
@@ -175,15 +172,27 @@ def closing(result) -> list[str]:
     return [f"label texts with it: tuneforge predict {result.run_dir} FILE", f"serve it: tuneforge serve {result.run_dir}"]
 
 
-def prediction_rows(examples: Examples, predicted: list, probabilities: torch.Tensor, labels: LabelSet) -> list[dict]:
+def report_held_out(console: Console, run_dir: Path, held: HeldOut, rows: list[dict]) -> HeldOut:
+    """The base-vs-tuned table, then eval/: both reports, the predictions and the confusion matrices (text and
+    image classifiers alike)."""
+    if held.base is not None:  # None only when a resumed run lost eval/base_scores.json
+        print_table(console, held.split, len(rows), held.base, held.tuned)
+    written = write_evaluation(run_dir / "eval", held.split, held.base, held.tuned, rows)
+    console.print(f"per-class scores, predictions and confusion matrices: {', '.join(str(p) for p in written)}")
+    return held
+
+
+def prediction_rows(inputs: tuple[str, list[str]], references: list, sources: list[str], predicted: list,
+                    probabilities: torch.Tensor, labels: LabelSet) -> list[dict]:
+    """One row per held-out example; `inputs` is (key, values): ("text", texts) or ("image", paths)."""
     rows = []
-    for text, reference, source, label, row in zip(examples.texts, examples.labels, examples.sources, predicted,
-                                                   probabilities.tolist()):
+    key_in, values = inputs
+    for value, reference, source, label, row in zip(values, references, sources, predicted, probabilities.tolist()):
         right = set(as_names(label)) == set(as_names(reference))
         key = "labels" if labels.multi_label else "label"
         out = list(label) if labels.multi_label else label
         ref = list(as_names(reference)) if labels.multi_label else reference
-        rows.append({"source": source, "text": text, "reference": ref, key: out, "correct": right,
+        rows.append({"source": source, key_in: value, "reference": ref, key: out, "correct": right,
                      "scores": {name: round(p, 6) for name, p in zip(labels.names, row)}})
     return rows
 
