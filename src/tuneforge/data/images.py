@@ -170,9 +170,9 @@ def read_split(sources: list[Path], columns: dict[str, str]) -> ImageExamples:
     return split
 
 
-def validated(split: ImageExamples, on_invalid: str, skipped: list[str]) -> ImageExamples:
-    """The split's images that open and decode; DataError naming every bad one (or, with skip, they are dropped)."""
-    keep, problems = [], []
+def validated(split: ImageExamples, problems: list[str]) -> ImageExamples:
+    """The split's images that open and decode; each one that does not is added to `problems`, named."""
+    keep = []
     for row, (path, source) in enumerate(zip(split.paths, split.sources)):
         problem, digest = image_problem(path)
         split.hashes.append(digest)
@@ -180,20 +180,23 @@ def validated(split: ImageExamples, on_invalid: str, skipped: list[str]) -> Imag
             problems.append(f"{source if source != str(path) else path}: {problem}")
         else:
             keep.append(row)
+    return split.subset(keep)
+
+
+def enforce(problems: list[str], on_invalid: str) -> None:
+    """DataError naming every bad image of every split, unless data.on_invalid: skip."""
     if problems and on_invalid == "error":
         more = f"\n  ... and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
         raise DataError(f"{len(problems)} bad image(s); nothing was trained (data.on_invalid: skip drops them):\n  "
                         + "\n  ".join(problems[:SHOWN]) + more)
-    skipped += problems
-    return split.subset(keep)
 
 
 def load_images(config: DataConfig, seed: int) -> ImageData:
     """Every split's images, validated, with the held-out splits cut from train where they have no sources."""
     sources = split_sources(config)
-    splits, skipped = {}, []
-    for name, paths in sources.items():
-        splits[name] = validated(read_split(paths, config.columns), config.on_invalid, skipped)
+    skipped: list[str] = []
+    splits = {name: validated(read_split(paths, config.columns), skipped) for name, paths in sources.items()}
+    enforce(skipped, config.on_invalid)
     train = splits["train"]
     if not len(train):
         raise DataError(f"no training images in {', '.join(map(str, sources['train']))}")
