@@ -201,7 +201,10 @@ class ImageClassifier:
     def classify(self, images: list, batch_size: int = 32, threshold: float | None = None) -> list[Prediction]:
         if not images:
             return []
-        probabilities = self.probabilities(images, batch_size)
+        return self.predictions(self.probabilities(images, batch_size), threshold)
+
+    def predictions(self, probabilities: torch.Tensor, threshold: float | None = None) -> list[Prediction]:
+        """Each row's label(s) at the threshold (the saved one unless given) and its class probabilities."""
         predicted = self.labels.decode(probabilities, self.info.threshold if threshold is None else threshold)
         return [Prediction(label, {name: round(float(p), 6) for name, p in zip(self.labels.names, row)})
                 for label, row in zip(predicted, probabilities.tolist())]

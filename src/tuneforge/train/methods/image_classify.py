@@ -22,7 +22,7 @@ from rich.console import Console
 from tuneforge.config import RunConfig
 from tuneforge.data.batching import epoch_batches
 from tuneforge.data.images import ImageData, ImageExamples, load_images
-from tuneforge.evaluate.classification import score
+from tuneforge.evaluate.classification import print_confusion, score
 from tuneforge.models.classifier import probabilities_of
 from tuneforge.models.image_classifier import build_for_training, frozen_norms, save_image_classifier
 from tuneforge.models.labels import LabelSet, as_names
@@ -161,7 +161,10 @@ class ImageClassifyMethod:
         held = self.held
         rows = prediction_rows(("image", [str(p) for p in held.paths]), held.labels, held.sources, predicted,
                                probabilities, self.labels)
-        return report_held_out(self.console, self.run_dir, HeldOut(self.held_name, self.base, tuned), rows)
+        held_out = report_held_out(self.console, self.run_dir, HeldOut(self.held_name, self.base, tuned), rows)
+        if not self.labels.multi_label:
+            print_confusion(self.console, tuned, f"Confusion matrix of the fine-tune, {self.held_name} split")
+        return held_out
 
 
 def closing(result) -> list[str]:
