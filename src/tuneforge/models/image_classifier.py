@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from tuneforge.errors import ModelError
-from tuneforge.models.classifier import Prediction, probabilities_of
+from tuneforge.models.classifier import Prediction, predictions_of, probabilities_of
 from tuneforge.models.image_backbone import create_backbone, head_name
 from tuneforge.models.labels import LabelSet
 from tuneforge.paths import MODEL_INFO, saved_model_dir
@@ -205,9 +205,7 @@ class ImageClassifier:
 
     def predictions(self, probabilities: torch.Tensor, threshold: float | None = None) -> list[Prediction]:
         """Each row's label(s) at the threshold (the saved one unless given) and its class probabilities."""
-        predicted = self.labels.decode(probabilities, self.info.threshold if threshold is None else threshold)
-        return [Prediction(label, {name: round(float(p), 6) for name, p in zip(self.labels.names, row)})
-                for label, row in zip(predicted, probabilities.tolist())]
+        return predictions_of(self.labels, probabilities, self.info.threshold if threshold is None else threshold)
 
 
 def load_image_classifier(reference: str, device: torch.device | None = None) -> ImageClassifier:

@@ -63,6 +63,17 @@ def read_texts(path: Path, text_key: str = "text") -> tuple[list[str], list, lis
             [r.source for r in records])
 
 
+def emit(rows: list[dict], out: Path | None, console: Console) -> None:
+    """One JSON line a prediction, to `out` (written beside and renamed) or standard output."""
+    lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in rows]
+    if out:
+        write_atomic(out, "".join(lines))
+    else:
+        sys.stdout.writelines(lines)
+        sys.stdout.flush()
+    console.print(f"{len(rows)} prediction(s)" + (f" -> {out}" if out else ""))
+
+
 def run_predict(args, console: Console) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -79,14 +90,8 @@ def run_predict(args, console: Console) -> int:
 
     classifier = load_classifier(args.model)
     predictions = classifier.classify(texts, args.batch_size, args.threshold)
-    lines = [json.dumps({"source": source, "text": text, **prediction.as_dict()}, ensure_ascii=False) + "\n"
-             for source, text, prediction in zip(sources, texts, predictions)]
-    if args.out:
-        write_atomic(args.out, "".join(lines))
-    else:
-        sys.stdout.writelines(lines)
-        sys.stdout.flush()
-    console.print(f"{len(predictions)} prediction(s)" + (f" -> {args.out}" if args.out else ""))
+    emit([{"source": source, "text": text, **prediction.as_dict()}
+          for source, text, prediction in zip(sources, texts, predictions)], args.out, console)
     if all(reference is not None for reference in references):
         from tuneforge.evaluate.classification import score
 

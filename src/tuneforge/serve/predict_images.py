@@ -10,13 +10,11 @@ report's accuracy and macro-F1.  Pinned by tests/images/test_predict.py.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from rich.console import Console
 
 from tuneforge.errors import DataError
-from tuneforge.files import write_atomic
 from tuneforge.paths import MODEL_INFO, saved_model_dir
 
 TASK = "image_classify"  # models/image_classifier.py's; read here without importing torch
@@ -79,14 +77,10 @@ def run_image_predict(args, console: Console) -> int:
             with Image.open(path) as image:
                 images.append(image.convert("RGB"))
         predictions += classifier.classify(images, args.batch_size, args.threshold)
-    lines = [json.dumps({"source": str(path), **prediction.as_dict()}, ensure_ascii=False) + "\n"
-             for path, prediction in zip(paths, predictions)]
-    if args.out:
-        write_atomic(args.out, "".join(lines))
-    else:
-        sys.stdout.writelines(lines)
-        sys.stdout.flush()
-    console.print(f"{len(predictions)} prediction(s)" + (f" -> {args.out}" if args.out else ""))
+    from tuneforge.serve.predict import emit
+
+    emit([{"source": str(path), **prediction.as_dict()} for path, prediction in zip(paths, predictions)], args.out,
+         console)
     labels = classifier.labels
     if all(r is not None and r in labels.label2id for r in references) and not labels.multi_label:
         from tuneforge.evaluate.classification import score

@@ -60,6 +60,25 @@ def example_losses(logits: torch.Tensor, targets: torch.Tensor, multi_label: boo
     return F.cross_entropy(logits, targets, weight=weights, reduction="none")
 
 
+def checked_labels(config: RunConfig, train, splits: list) -> LabelSet:
+    """The label set of the training labels (or classify.labels), every split's labels checked against it:
+    DataError naming the record (file:line, or an image's path) whose label it lacks."""
+    labels = LabelSet.from_data(train.labels, config.classify.multi_label, config.classify.labels)
+    for examples in splits:
+        for label, source in zip(examples.labels, examples.sources):
+            labels.check(label, source)
+    return labels
+
+
+def scored(logits: torch.Tensor, references: list, labels: LabelSet, threshold: float, weights) -> tuple[dict, torch.Tensor, list]:
+    """(the report with its mean loss, the probabilities, the predicted labels) of a split's logits."""
+    probabilities = probabilities_of(logits, labels.multi_label)
+    predicted = labels.decode(probabilities, threshold)
+    report = score(predicted, references, labels)
+    report["loss"] = float(example_losses(logits, labels.targets(references), labels.multi_label, weights).mean())
+    return report, probabilities, predicted
+
+
 class ClassifyMethod:
     """Cross-entropy (or per-class BCE) of a classification head, per example."""
 
@@ -75,10 +94,7 @@ class ClassifyMethod:
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
         data = load_examples(config.data, config.train.seed)
-        labels = LabelSet.from_data(data.train.labels, config.classify.multi_label, config.classify.labels)
-        for examples in (data.train, data.validation, data.test):
-            for label, source in zip(examples.labels, examples.sources):
-                labels.check(label, source)
+        labels = checked_labels(config, data.train, [data.train, data.validation, data.test])
         model, self.tokenizer, self.info = build_for_training(config, labels, checkpoint)
         self.data, self.labels = data, labels
         self.class_weights = (labels.balanced_weights(data.train.labels)
@@ -137,11 +153,7 @@ class ClassifyMethod:
         with self.accelerator.autocast():
             logits = all_logits(model, split.rows, self.tokenizer.pad_token_id, self.config.eval.batch_size)
         model.train(was_training)
-        probabilities = probabilities_of(logits, self.labels.multi_label)
-        predicted = self.labels.decode(probabilities, self.info.threshold)
-        report = score(predicted, split.examples.labels, self.labels)
-        report["loss"] = float(example_losses(logits, split.targets, self.labels.multi_label, self.class_weights).mean())
-        return report, probabilities, predicted
+        return scored(logits, split.examples.labels, self.labels, self.info.threshold, self.class_weights)
 
     def validate(self, model, answers: bool) -> dict[str, float]:
         if not len(self.validation.rows):

@@ -22,12 +22,13 @@ from rich.console import Console
 from tuneforge.config import RunConfig
 from tuneforge.data.batching import epoch_batches
 from tuneforge.data.images import ImageData, ImageExamples, load_images
-from tuneforge.evaluate.classification import print_confusion, score
-from tuneforge.models.classifier import probabilities_of
+from tuneforge.evaluate.classification import print_confusion
 from tuneforge.models.image_classifier import build_for_training, frozen_norms, save_image_classifier
 from tuneforge.models.labels import LabelSet, as_names
 from tuneforge.train.method import PRIMARY, Batch, LossTerms, StepPlan
-from tuneforge.train.methods.classify import BASE_SCORES, HeldOut, example_losses, prediction_rows, report_held_out
+from tuneforge.train.methods.classify import (
+    BASE_SCORES, HeldOut, checked_labels, example_losses, prediction_rows, report_held_out, scored,
+)
 
 
 def decode(paths: list[Path], transform) -> torch.Tensor:
@@ -57,10 +58,7 @@ class ImageClassifyMethod:
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
         data = load_images(config.data, config.train.seed)
-        labels = LabelSet.from_data(data.train.labels, config.classify.multi_label, config.classify.labels)
-        for examples in (data.train, data.validation, data.test):
-            for label, source in zip(examples.labels, examples.sources):
-                labels.check(label, source)
+        labels = checked_labels(config, data.train, [data.train, data.validation, data.test])
         model, self.info = build_for_training(config, labels, checkpoint)
         self.data, self.labels = data, labels
         self.class_weights = (labels.balanced_weights(data.train.labels)
@@ -132,12 +130,7 @@ class ImageClassifyMethod:
         model.eval()
         logits = self.logits(model, examples)
         model.train(was_training)
-        probabilities = probabilities_of(logits, self.labels.multi_label)
-        predicted = self.labels.decode(probabilities, self.info.threshold)
-        report = score(predicted, examples.labels, self.labels)
-        targets = self.labels.targets(examples.labels)
-        report["loss"] = float(example_losses(logits, targets, self.labels.multi_label, self.class_weights).mean())
-        return report, probabilities, predicted
+        return scored(logits, examples.labels, self.labels, self.info.threshold, self.class_weights)
 
     def validate(self, model, answers: bool) -> dict[str, float]:
         if not len(self.data.validation):
