@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 from PIL import Image
+from pytest import approx
 from rich.console import Console
 from safetensors.torch import load_file
 
@@ -77,3 +77,18 @@ def test_lora_adapts_the_backbone_trains_the_head_in_full_and_reloads(tmp_path, 
     assert any(".conv" in k and "lora" in k for k in adapter)  # convolutions are adapted, not only linear layers
     assert result.outcome.tuned["accuracy"] > result.outcome.base["accuracy"]
     reloaded_matches_saved_predictions(result.run_dir)
+
+
+def test_resume_reproduces_the_uninterrupted_run_augmentations_included(tmp_path, tiny_backbone, toy_images):
+    """The augmentations draw from the RNGs a checkpoint saves, so a stopped and resumed run sees the same crops
+    and flips, and logs the same losses, as one that ran through."""
+    settings = {"train.max_steps": 10, "checkpoint.every_steps": 4, "image.scale": [0.5, 1.0], "image.color_jitter": 0.3}
+    whole = train(load_config(write_image_config(tmp_path / "whole", tiny_backbone, toy_images, **settings)),
+                  console=QUIET)
+    parts = load_config(write_image_config(tmp_path / "parts", tiny_backbone, toy_images, **settings))
+    stopped = train(parts, console=QUIET, stop=lambda state: state.step == 5)
+    assert stopped.interrupted_by == "stop" and stopped.state.step == 5
+    resumed = train(parts, resume=True, console=QUIET)
+    assert resumed.state.step == 10
+    assert losses(resumed.run_dir, "train_loss") == approx(losses(whole.run_dir, "train_loss"), abs=1e-5)
+    assert resumed.outcome.tuned["accuracy"] == whole.outcome.tuned["accuracy"]
