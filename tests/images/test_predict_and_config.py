@@ -100,3 +100,25 @@ def test_the_shapes_set_is_the_same_bytes_from_the_same_seed(tmp_path):
     assert len(list(first.rglob("*.png"))) == 20
     assert digest(first) == digest(second)
     assert digest(generate(tmp_path / "c", train_per_class=3, test_per_class=1, size=32, seed=1)) != digest(first)
+
+
+def test_a_timm_hub_name_loads_from_the_hub_cache_offline(tmp_path, tiny_backbone, monkeypatch):
+    """`timm/NAME` is read from huggingface_hub's cache (HF_HUB_OFFLINE is set for every test: nothing downloads);
+    an architecture that is not cached is a ModelError naming the reference."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    from tuneforge.errors import ModelError
+    from tuneforge.models.image_backbone import create_backbone
+
+    repo = tmp_path / "hub" / "models--timm--tiny_resnet.test"
+    snapshot = repo / "snapshots" / "0123abcd"
+    shutil.copytree(tiny_backbone, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    model = create_backbone("timm/tiny_resnet.test", 4)
+    assert model.num_classes == 4 and type(model).__name__ == "ResNet"
+    with pytest.raises(ModelError, match="timm/other_model.test: cannot load as a timm image model"):
+        create_backbone("timm/other_model.test", 4)
