@@ -92,3 +92,25 @@ def test_resume_reproduces_the_uninterrupted_run_augmentations_included(tmp_path
     assert resumed.state.step == 10
     assert losses(resumed.run_dir, "train_loss") == approx(losses(whole.run_dir, "train_loss"), abs=1e-5)
     assert resumed.outcome.tuned["accuracy"] == whole.outcome.tuned["accuracy"]
+
+
+def test_a_vision_transformer_trains_with_lora_on_its_linear_layers_and_partial_freezing(
+        tmp_path, toy_images):
+    """Not only CNNs: timm's tiny random ViT takes LoRA on its attention and MLP layers (its head trained in full),
+    and image.train_last on its transformer blocks."""
+    import timm
+    from timm.models import save_for_hf
+
+    torch.manual_seed(0)
+    vit = tmp_path / "tiny-vit"
+    save_for_hf(timm.create_model("test_vit", pretrained=False), vit, safe_serialization=True)
+    lora = trained(tmp_path / "lora", vit, toy_images, method="lora", **{"train.epochs": 1})
+    adapter = load_file(lora.run_dir / "final" / "adapter_model.safetensors")
+    assert any("attn.qkv.lora_A" in k for k in adapter) and any("mlp.fc1.lora_B" in k for k in adapter)
+    reloaded_matches_saved_predictions(lora.run_dir)
+    partial = trained(tmp_path / "partial", vit, toy_images, **{"train.epochs": 1, "image.train_last": 1})
+    start, final = load_file(vit / "model.safetensors"), load_file(partial.run_dir / "final" / "model.safetensors")
+    changed = {k.split(".")[0] + "." + k.split(".")[1] for k in final
+               if k in start and final[k].shape == start[k].shape and not torch.equal(final[k], start[k])}
+    assert changed and all(name.startswith(("blocks.", "norm.", "fc_norm.", "head.")) for name in changed), changed
+    assert not any(k.startswith(("patch_embed", "blocks.0.")) for k in changed)
