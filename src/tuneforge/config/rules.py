@@ -229,7 +229,7 @@ def start_fits_the_run(config: RunConfig) -> None:
     if config.model.init_from is None:
         return
     saved, info = saved_fine_tune(config.model.init_from)
-    if config.task == "classify" or info.get("task") == "classify":
+    if config.task == "classify" or info.get("task") in ("classify", "image_classify"):
         raise ValueError("model.init_from is not supported with classifiers (task: classify, or a start that is one)")
     if info["method"] == "full" and config.method != "full":
         raise ValueError(f"model.init_from holds full weights ({saved}); set method: full to train them further")
