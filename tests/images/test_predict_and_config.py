@@ -118,6 +118,8 @@ def test_a_timm_hub_name_loads_from_the_hub_cache_offline(tmp_path, tiny_backbon
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("0123abcd")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    # huggingface_hub read HF_HUB_OFFLINE when it was imported, maybe before the fixture set it: set what it reads.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     model = create_backbone("timm/tiny_resnet.test", 4)
     assert model.num_classes == 4 and type(model).__name__ == "ResNet"
     with pytest.raises(ModelError, match="timm/other_model.test: cannot load as a timm image model"):

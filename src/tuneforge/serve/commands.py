@@ -178,8 +178,9 @@ def describe(served, options: ServeOptions) -> str:
         body = '{"images": ["<base64>", ...]}' if served.images else '{"input": ["text", ...]}'
         lines = [served.describe(), f"POST {url}/v1/classify with {body}    models: {url}/v1/models"
                  f"    metrics: {url}/metrics"]
-        batching = (f"batching: requests waiting together share forward passes of up to {options.max_batch_size} texts; "
-                    f"limits: {MAX_TEXTS} texts per request, {limits}")
+        items = "images" if served.images else "texts"
+        batching = (f"batching: requests waiting together share forward passes of up to {options.max_batch_size} "
+                    f"{items}; limits: {MAX_TEXTS} {items} per request, {limits}")
     else:
         lines = [f"models: {', '.join(served.names)} (engine: {options.engine})",
                  f"OpenAI base URL: {url}/v1    dashboard: {url}/    metrics: {url}/metrics"]
