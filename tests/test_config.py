@@ -76,6 +76,8 @@ def test_resolved_config_round_trips(run_config, tmp_path):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_parses(path, monkeypatch):
+    if path.name == "image-quickstart.yaml":  # its images are drawn at run time, into runs/shapes
+        pytest.skip("parsed over freshly drawn shapes by tests/images/test_predict_and_config.py")
     monkeypatch.chdir(ROOT)
     assert isinstance(load_config(path), RunConfig)
 

@@ -58,6 +58,8 @@ examples:
   tuneforge serve runs/quickstart --port 8000
   tuneforge train configs/classify-quickstart.yaml
   tuneforge predict runs/classify-quickstart examples/intents/test.jsonl --out predictions.jsonl
+  python -m tuneforge.data.shapes runs/shapes && tuneforge train configs/image-quickstart.yaml
+  tuneforge predict runs/image-quickstart runs/shapes/test
   tuneforge train configs/pretrain-quickstart.yaml
   tuneforge models register runs/quickstart --promote production
   tuneforge serve registry:production

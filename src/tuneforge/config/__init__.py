@@ -9,12 +9,14 @@ nothing of tuneforge but errors and paths.  The public names are re-exported her
 from tuneforge.config.load import apply_override, describe_errors, dump_config, load_config, valid_keys, yaml_line
 from tuneforge.config.rules import CLASSIFY_BEST_METRICS, PRETRAIN_BEST_METRICS, same_model
 from tuneforge.config.schema import (
+    DEFAULT_IMAGE_MODEL,
     DEFAULT_MODEL,
     CheckpointConfig,
     ClassifyConfig,
     CleanConfig,
     DataConfig,
     EvalConfig,
+    ImageConfig,
     LoraConfig,
     ModelConfig,
     ParamRange,
@@ -29,8 +31,8 @@ from tuneforge.config.schema import (
 )
 
 __all__ = [
-    "CLASSIFY_BEST_METRICS", "DEFAULT_MODEL", "PRETRAIN_BEST_METRICS", "CheckpointConfig", "ClassifyConfig",
-    "CleanConfig", "DataConfig", "EvalConfig", "LoraConfig", "ModelConfig", "ParamRange", "ReplayConfig",
+    "CLASSIFY_BEST_METRICS", "DEFAULT_IMAGE_MODEL", "DEFAULT_MODEL", "PRETRAIN_BEST_METRICS", "CheckpointConfig", "ClassifyConfig",
+    "CleanConfig", "DataConfig", "EvalConfig", "ImageConfig", "LoraConfig", "ModelConfig", "ParamRange", "ReplayConfig",
     "RunConfig", "Section", "TrainConfig", "TuneConfig", "apply_override", "describe_errors", "dump_config",
     "each_checked", "existing_file", "existing_source", "load_config", "same_model", "valid_keys", "yaml_line",
 ]

@@ -33,6 +33,7 @@ def check_rules(config: RunConfig) -> None:
     kl_needs_adapter_and_replay(config)
     grpo_settings_need_grpo(config)
     preference_sections_need_their_task(config)
+    image_section_needs_its_task(config)
 
 
 def metric_key(name: str) -> str:
@@ -68,6 +69,32 @@ def classify_rules(config: RunConfig) -> None:
         raise ValueError(f"data.format must be auto or classification with task: classify, got {config.data.format!r}")
     best_metric_one_of(config, CLASSIFY_BEST_METRICS)
     split_long_texts_needs_text(config)
+
+
+def image_classify_rules(config: RunConfig) -> None:
+    """task: image_classify: labelled images (data/images.py), the classify section's labels and weights."""
+    from tuneforge.config.schema import DEFAULT_IMAGE_MODEL
+
+    if "name" not in config.model.model_fields_set:  # the text models' default cannot see
+        object.__setattr__(config.model, "name", DEFAULT_IMAGE_MODEL)
+    unused = [("data.replay", config.data.replay is not None), ("data.packing", config.data.packing),
+              ("data.split_long_texts", config.data.split_long_texts),
+              ("model.quantize", config.model.quantize is not None), ("model.init_from", config.model.init_from is not None)]
+    for key, given in unused:
+        if given:
+            raise ValueError(f"{key} is not supported with task: image_classify; remove it")
+    if config.data.format != "auto":
+        raise ValueError(f"data.format must be auto with task: image_classify (image folders, or JSONL/CSV rows with "
+                         f"an image path and a label), got {config.data.format!r}")
+    if config.image.train_last is not None and config.method != "full":
+        raise ValueError("image.train_last freezes part of a full fine-tune; set method: full (LoRA freezes the "
+                         "whole backbone already)")
+    best_metric_one_of(config, CLASSIFY_BEST_METRICS)
+
+
+def image_section_needs_its_task(config: RunConfig) -> None:
+    if config.task != "image_classify" and config.image != type(config.image)():
+        raise ValueError("image applies to task: image_classify (set task: image_classify, or remove the section)")
 
 
 def pretrain_rules(config: RunConfig) -> None:
@@ -147,6 +174,7 @@ def preference_sections_need_their_task(config: RunConfig) -> None:
 TASK_RULES: dict[str, Callable[[RunConfig], None]] = {
     "chat": chat_rules,
     "classify": classify_rules,
+    "image_classify": image_classify_rules,
     "pretrain": pretrain_rules,
     "grpo": grpo_rules,
     "preference": preference_rules,
@@ -201,7 +229,7 @@ def start_fits_the_run(config: RunConfig) -> None:
     if config.model.init_from is None:
         return
     saved, info = saved_fine_tune(config.model.init_from)
-    if config.task == "classify" or info.get("task") == "classify":
+    if config.task == "classify" or info.get("task") in ("classify", "image_classify"):
         raise ValueError("model.init_from is not supported with classifiers (task: classify, or a start that is one)")
     if info["method"] == "full" and config.method != "full":
         raise ValueError(f"model.init_from holds full weights ({saved}); set method: full to train them further")

@@ -23,6 +23,7 @@ from tuneforge.errors import ConfigError, ModelError
 from tuneforge.paths import saved_fine_tune
 
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
+DEFAULT_IMAGE_MODEL = "embedded:efficientnet-lite0"  # task: image_classify's default (models/image_backbone.py)
 
 
 class Section(BaseModel):
@@ -298,6 +299,30 @@ class ClassifyConfig(Section):
         return labels
 
 
+class ImageConfig(Section):
+    """Settings of `task: image_classify`: the backbone's input, which layers train, and the augmentations."""
+
+    image_size: int | None = Field(
+        None, ge=16, description="square input size for training and prediction; default: the model's own (timm's data "
+        "config); smaller is faster on a CPU"
+    )
+    train_last: int | None = Field(
+        None, ge=0, description="method full: train the new head and only the backbone's last N layer groups (timm's "
+        "coarse groups: stem, stages), the rest frozen (batch norms included); 0: head only; unset: every layer"
+    )
+    augment: bool = Field(True, description="random resized crop, flip and colour jitter on training images")
+    hflip: float = Field(0.5, ge=0.0, le=1.0, description="probability of a horizontal flip")
+    scale: tuple[float, float] = Field((0.5, 1.0), description="random resized crop: [min, max] share of the area kept")
+    color_jitter: float = Field(0.2, ge=0.0, description="brightness, contrast and saturation jitter (0: none)")
+
+    @field_validator("scale")
+    @classmethod
+    def _area_range(cls, scale: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"scale must be [min, max] with 0 < min <= max <= 1, got {list(scale)}")
+        return scale
+
+
 # --- preference training (task: preference, task: kto); issue 18 -------------------------------------
 class PreferenceConfig(Section):
     """Settings of `task: preference`: pairs of a preferred and a rejected reply (DPO family, ORPO, SimPO)."""
@@ -415,8 +440,9 @@ class TuneConfig(Section):
 class RunConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig
-    task: Literal["chat", "classify", "pretrain", "grpo", "preference", "kto"] = Field(
+    task: Literal["chat", "classify", "image_classify", "pretrain", "grpo", "preference", "kto"] = Field(
         "chat", description="chat: train replies (causal LM); classify: a classification head on text + label records; "
+        "image_classify: an image backbone (timm) with a new head on labelled images (docs/images.md); "
         "pretrain: continued pretraining on plain text (every token trained, packed); grpo: reinforcement "
         "fine-tuning on prompts scored by rewards (docs/grpo.md); preference: chosen vs rejected pairs (DPO, IPO, "
         "ORPO, SimPO; docs/preference.md); kto: replies labelled desirable or not"
@@ -427,7 +453,9 @@ class RunConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     tune: TuneConfig | None = Field(None, description="a hyperparameter search over this run (tuneforge tune)")
-    classify: ClassifyConfig = Field(default_factory=ClassifyConfig, description="settings of task: classify")
+    classify: ClassifyConfig = Field(default_factory=ClassifyConfig,
+                                     description="settings of task: classify and task: image_classify")
+    image: ImageConfig = Field(default_factory=ImageConfig, description="settings of task: image_classify")
     grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="settings of task: grpo")
     rewards: list[RewardConfig] = Field(default_factory=list, description="task: grpo: the weighted rewards")
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig, description="settings of task: preference")

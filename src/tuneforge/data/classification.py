@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -22,6 +23,8 @@ from tuneforge.data.readers import HUB_PREFIX
 from tuneforge.data.splits import split_rows
 from tuneforge.data.validation import DataReport
 from tuneforge.errors import DataError
+
+S = TypeVar("S")  # one split's examples (Examples, or data/images.py's ImageExamples)
 
 
 @dataclass
@@ -69,14 +72,9 @@ def load_examples(config: DataConfig, seed: int) -> ClassifyData:
     train = splits["train"]
     if not train:
         raise DataError(f"no training records left in {', '.join(files['train'])}; see the data report")
-    validation, test = splits["validation"], splits["test"]
-    val_fraction = 0.0 if files["validation"] else config.val_split
-    test_fraction = 0.0 if files["test"] else config.test_split
-    if val_fraction or test_fraction:
-        cut = split_rows(np.arange(len(train)), val_fraction, test_fraction, seed, train.labels)
-        validation = validation if files["validation"] else train.subset(cut.validation)
-        test = test if files["test"] else train.subset(cut.test)
-        train = train.subset(cut.train)
+    train, validation, test = held_out_splits(train, splits["validation"], splits["test"],
+                                              0.0 if files["validation"] else config.val_split,
+                                              0.0 if files["test"] else config.test_split, seed)
     hashes = {f: (f if f.startswith(HUB_PREFIX) else sha256(Path(f))) for split in SPLITS for f in files[split]}
     manifest = DataManifest(
         files=hashes, formats=report.formats, train_records=len(train), validation_records=len(validation),
@@ -84,6 +82,18 @@ def load_examples(config: DataConfig, seed: int) -> ClassifyData:
         cleaning=dict(report.counts),
     )
     return ClassifyData(train, validation, test, manifest, report, overlapping(train, [validation, test]))
+
+
+def held_out_splits(train: S, validation: S, test: S, val_fraction: float, test_fraction: float,
+                    seed: int) -> tuple[S, S, S]:
+    """(train, validation, test): a split given a fraction (0 where it has files of its own: data.val_split,
+    data.test_split) is cut from train, seeded and stratified by label (data/splits.py).  Any labelled
+    examples with `labels` and `subset(rows)` work: texts here, images in data/images.py."""
+    if not (val_fraction or test_fraction):
+        return train, validation, test
+    cut = split_rows(np.arange(len(train)), val_fraction, test_fraction, seed, train.labels)
+    return (train.subset(cut.train), train.subset(cut.validation) if val_fraction else validation,
+            train.subset(cut.test) if test_fraction else test)
 
 
 def overlapping(train: Examples, held_out: list[Examples]) -> list[str]:

@@ -81,6 +81,19 @@ def print_table(console: Console, split: str, count: int, base: dict, tuned: dic
     console.print(table)
 
 
+def print_confusion(console: Console, report: dict, title: str) -> None:
+    """A single-label report's confusion matrix as a table: a row per true class, a column per predicted one."""
+    names = report["labels"]
+    table = Table(title=title)
+    table.add_column("true \\ predicted")
+    for name in names:
+        table.add_column(name, justify="right")
+    for name, row in zip(names, report["confusion"]):
+        table.add_row(name, *(f"[bold]{n}[/]" if i == j and n else str(n)
+                              for j, n in enumerate(row) for i in [names.index(name)]))
+    console.print(table)
+
+
 def write_evaluation(directory: Path, split: str, base: dict | None, tuned: dict, rows: list[dict]) -> list[Path]:
     """classification.json (both reports), predictions.jsonl (the tuned model's, per record) and, for
     single-label classifiers, confusion_base.png and confusion_tuned.png; returns the files written."""

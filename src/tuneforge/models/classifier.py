@@ -200,10 +200,14 @@ class Classifier:
         return self.predictions(self.probabilities(texts, batch_size), threshold)
 
     def predictions(self, probabilities: torch.Tensor, threshold: float | None = None) -> list[Prediction]:
-        """Each row's label(s) at the threshold (the saved one unless given) and its class probabilities."""
-        predicted = self.labels.decode(probabilities, self.info.threshold if threshold is None else threshold)
-        return [Prediction(label, {name: round(float(p), 6) for name, p in zip(self.labels.names, row)})
-                for label, row in zip(predicted, probabilities.tolist())]
+        return predictions_of(self.labels, probabilities, self.info.threshold if threshold is None else threshold)
+
+
+def predictions_of(labels: LabelSet, probabilities: torch.Tensor, threshold: float) -> list[Prediction]:
+    """Each row's label(s) at the threshold and its class probabilities (text and image classifiers alike)."""
+    predicted = labels.decode(probabilities, threshold)
+    return [Prediction(label, {name: round(float(p), 6) for name, p in zip(labels.names, row)})
+            for label, row in zip(predicted, probabilities.tolist())]
 
 
 def load_classifier(reference: str, device: torch.device | None = None) -> Classifier:

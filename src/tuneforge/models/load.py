@@ -111,8 +111,10 @@ def load_for_inference(reference: str, device: torch.device | None = None, dtype
         model = load_causal_lm(model_dir, torch_dtype)
         tokenizer = load_tokenizer(model_dir)
     else:
-        if json.loads((saved / MODEL_INFO).read_text()).get("task") == "classify":
-            raise ModelError(f"{reference} is a classifier (task: classify): use `tuneforge predict {reference} FILE`, "
+        task = json.loads((saved / MODEL_INFO).read_text()).get("task")
+        if task in ("classify", "image_classify"):
+            what = "FILE" if task == "classify" else "IMAGE_OR_FOLDER"
+            raise ModelError(f"{reference} is a classifier (task: {task}): use `tuneforge predict {reference} {what}`, "
                              f"or `tuneforge serve {reference}` and POST /v1/classify")
         info = ModelInfo.read(saved)
         tokenizer = load_tokenizer(saved)

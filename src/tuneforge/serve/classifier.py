@@ -19,6 +19,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from tuneforge.models.classifier import Classifier, classifier_dir, load_classifier
+from tuneforge.models.image_classifier import ImageClassifier, image_classifier_dir, load_image_classifier
 from tuneforge.serve.engine import EngineClosed
 from tuneforge.serve.options import MAX_TEXTS
 from tuneforge.serve.protocol import ModelCard, now
@@ -28,7 +29,7 @@ log = logging.getLogger("tuneforge.serve")
 
 @dataclass
 class ServedClassifier:
-    classifier: Classifier
+    classifier: Classifier | ImageClassifier  # either labels what it is given: texts, or PIL images
     name: str  # its id in the API
     root: str  # where it was loaded from
     created: int = field(default_factory=now)
@@ -43,23 +44,33 @@ class ServedClassifier:
     def default(self) -> str:
         return self.name
 
+    @property
+    def images(self) -> bool:
+        """An image classifier: /v1/classify takes `images` (serve/images.py), not texts."""
+        return isinstance(self.classifier, ImageClassifier)
+
     def cards(self) -> list[ModelCard]:
         return [ModelCard(id=self.name, created=self.created, root=self.root)]
 
     def describe(self) -> str:
         labels = self.classifier.labels
         kind = "multi-label" if labels.multi_label else "single-label"
-        return f"classifier {self.name}: {len(labels.names)} classes, {kind}: {', '.join(labels.names)}"
+        what = "image classifier" if self.images else "classifier"
+        return f"{what} {self.name}: {len(labels.names)} classes, {kind}: {', '.join(labels.names)}"
 
 
 def load_served_classifier(reference: str, name: str | None = None) -> ServedClassifier:
-    classifier = load_classifier(reference)
-    return ServedClassifier(classifier, name or reference.rstrip("/") or reference, str(classifier_dir(reference)))
+    """A text classifier, or an image classifier (task: image_classify), as the saved model says."""
+    if image_classifier_dir(reference) is not None:
+        classifier, root = load_image_classifier(reference), image_classifier_dir(reference)
+    else:
+        classifier, root = load_classifier(reference), classifier_dir(reference)
+    return ServedClassifier(classifier, name or reference.rstrip("/") or reference, str(root))
 
 
 @dataclass
 class Job:
-    texts: list[str]
+    texts: list  # texts, or an image classifier's PIL images
     threshold: float | None
     future: Future  # list[Prediction], or the forward pass's exception
 

@@ -1,4 +1,5 @@
-"""`POST /v1/classify`: texts in, each one's label(s) and class probabilities out, on the server's main app.
+"""`POST /v1/classify`: texts (or, to an image classifier, base64 images) in, each one's label(s) and class
+probabilities out, on the server's main app.
 
 The route shares everything the chat routes have (app.py: API keys, the body-size limit, error
 bodies, /metrics counters by endpoint; completions.py: the in-flight limit, the timeout, the
@@ -23,6 +24,7 @@ from tuneforge.serve.classifier import ServedClassifier
 from tuneforge.serve.completions import REQUEST_ID, Arrival, ServerState, logged_failures
 from tuneforge.serve.engine import EngineClosed
 from tuneforge.serve.errors import ApiError
+from tuneforge.serve.images import request_images
 from tuneforge.serve.protocol import ClassifyRequest, ClassifyResponse, ClassifyResult, new_id
 
 CLASSIFY_PATH = "/v1/classify"
@@ -38,9 +40,17 @@ async def classify_texts(body: ClassifyRequest, request: Request):
         raise ApiError(404, f"This server serves no classifier: {served.default} is a language model (use "
                        "/v1/chat/completions or /v1/completions); POST /v1/classify needs a run trained with "
                        "task: classify", code="not_found")
-    texts = body.texts()
+    if served.images:
+        if body.input is not None:
+            raise ApiError(400, "this server serves an image classifier: send images, not input texts", param="input")
+        pictures = request_images(body.images)
+        texts, contents = [p.image for p in pictures], [p.description for p in pictures]
+    else:
+        if body.images is not None or body.input is None:
+            raise ApiError(400, 'this server serves a text classifier: send {"input": ["text", ...]}', param="input")
+        texts = contents = body.texts()
     arrival = Arrival(CLASSIFY_PATH, new_id("clf"), body.model or served.default, served.version,
-                      [{"role": "prompt", "content": text} for text in texts])
+                      [{"role": "prompt", "content": content} for content in contents])
     with logged_failures(arrival, state):
         if body.model is not None and body.model != served.name:
             raise errors.unknown_model(body.model, [served.name])
@@ -51,7 +61,7 @@ async def classify_texts(body: ClassifyRequest, request: Request):
     return JSONResponse(answer.model_dump(mode="json", exclude_none=True), headers={REQUEST_ID: arrival.id})
 
 
-async def classified(texts: list[str], threshold: float | None, state: ServerState) -> list[Prediction]:
+async def classified(texts: list, threshold: float | None, state: ServerState) -> list[Prediction]:
     """The worker's predictions, within the server's in-flight limit and timeout (429, 503 otherwise)."""
     options = state.options
     if state.in_flight >= options.max_concurrent:

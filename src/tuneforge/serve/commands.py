@@ -134,10 +134,11 @@ def load_for_serving(args: argparse.Namespace, options: ServeOptions, console: C
 
         torch.set_num_threads(args.threads)
     from tuneforge.models.classifier import is_classifier
+    from tuneforge.serve.predict_images import is_image_classifier
     from tuneforge.serve.live import load_target, show_swaps_in_terminal, target_from
 
     target = target_from(args.model, args.registry, args.served_model_name, args.registry_poll)
-    classifier = target is None and is_classifier(args.model)
+    classifier = target is None and (is_classifier(args.model) or is_image_classifier(args.model))
     if classifier and adapters:
         raise ConfigError(f"{args.model} is a classifier; --adapter serves LoRA adapters of chat models only")
     console.print(f"loading {args.model} ...")
@@ -179,10 +180,12 @@ def describe(served, options: ServeOptions) -> str:
     url = f"http://{options.host}:{options.port}"
     limits = f"{options.max_concurrent} requests in flight, {options.request_timeout_s:g} s timeout"
     if isinstance(served, ServedClassifier):
-        lines = [served.describe(), f'POST {url}/v1/classify with {{"input": ["text", ...]}}    models: {url}/v1/models'
+        body = '{"images": ["<base64>", ...]}' if served.images else '{"input": ["text", ...]}'
+        lines = [served.describe(), f"POST {url}/v1/classify with {body}    models: {url}/v1/models"
                  f"    metrics: {url}/metrics"]
-        batching = (f"batching: requests waiting together share forward passes of up to {options.max_batch_size} texts; "
-                    f"limits: {MAX_TEXTS} texts per request, {limits}")
+        items = "images" if served.images else "texts"
+        batching = (f"batching: requests waiting together share forward passes of up to {options.max_batch_size} "
+                    f"{items}; limits: {MAX_TEXTS} {items} per request, {limits}")
     else:
         lines = [f"models: {', '.join(served.names)} (engine: {options.engine})",
                  f"OpenAI base URL: {url}/v1    dashboard: {url}/    metrics: {url}/metrics"]

@@ -136,21 +136,26 @@ class FeedbackRequest(Strict):
 
 class ClassifyRequest(Strict):
     model: str | None = None
-    input: str | list[str] = Field(validation_alias=AliasChoices("input", "texts"),
-                                   description="a text or a list of texts (also accepted as `texts`)")
+    input: str | list[str] | None = Field(None, validation_alias=AliasChoices("input", "texts"),
+                                          description="a text or a list of texts (also accepted as `texts`)")
+    images: list[str] | None = Field(None, description="an image classifier's images: base64 bytes of each file "
+                                     "(PNG, JPEG, ...), or data URLs (data:image/png;base64,...)")
     threshold: float | None = Field(None, gt=0, lt=1, description="multi-label: override the saved threshold")
 
-    @field_validator("input")
+    @field_validator("input", "images")
     @classmethod
-    def _some_texts(cls, value: str | list[str]) -> str | list[str]:
+    def _some_texts(cls, value: str | list[str] | None, info) -> str | list[str] | None:
+        what = "image" if info.field_name == "images" else "text"
         if isinstance(value, list) and not value:
-            raise PydanticCustomError("no_texts", "give at least one text")
+            raise PydanticCustomError("no_texts", f"give at least one {what}")
         if isinstance(value, list) and len(value) > MAX_TEXTS:
-            raise PydanticCustomError("too_many_texts", f"at most {MAX_TEXTS} texts per request, got {len(value)}; "
+            raise PydanticCustomError("too_many_texts", f"at most {MAX_TEXTS} {what}s per request, got {len(value)}; "
                                       "send them in several requests")
         return value
 
     def texts(self) -> list[str]:
+        if self.input is None:
+            return []
         return [self.input] if isinstance(self.input, str) else list(self.input)
 
 

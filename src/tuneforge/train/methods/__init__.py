@@ -18,6 +18,8 @@ from tuneforge.train.method import Method
 from tuneforge.train.methods.classify import ClassifyMethod
 from tuneforge.train.methods.classify import closing as classify_closing
 from tuneforge.train.methods.grpo import GRPOMethod
+from tuneforge.train.methods.image_classify import ImageClassifyMethod
+from tuneforge.train.methods.image_classify import closing as image_closing
 from tuneforge.train.methods.grpo import closing as grpo_closing
 from tuneforge.train.methods.language_model import CHAT, PRETRAIN, LanguageModelMethod
 from tuneforge.train.methods.language_model import closing as lm_closing
@@ -52,6 +54,7 @@ METHODS: dict[str, MethodKind] = {
     "pretrain": MethodKind(partial(LanguageModelMethod, task=PRETRAIN), lm_autocast, True,
                            partial(lm_closing, task=PRETRAIN)),
     "classify": MethodKind(ClassifyMethod, answering_dtype_autocast, False, classify_closing),
+    "image_classify": MethodKind(ImageClassifyMethod, answering_dtype_autocast, False, image_closing),
     "grpo": MethodKind(GRPOMethod, lm_autocast, False, grpo_closing),
     # pairs (DPO, IPO, ORPO, SimPO) train on N processes like chat (tests/train/test_distributed.py); rated
     # replies (KTO) in one: its batch KL estimate is taken over the batch one process sees

@@ -60,6 +60,25 @@ def example_losses(logits: torch.Tensor, targets: torch.Tensor, multi_label: boo
     return F.cross_entropy(logits, targets, weight=weights, reduction="none")
 
 
+def checked_labels(config: RunConfig, train, splits: list) -> LabelSet:
+    """The label set of the training labels (or classify.labels), every split's labels checked against it:
+    DataError naming the record (file:line, or an image's path) whose label it lacks."""
+    labels = LabelSet.from_data(train.labels, config.classify.multi_label, config.classify.labels)
+    for examples in splits:
+        for label, source in zip(examples.labels, examples.sources):
+            labels.check(label, source)
+    return labels
+
+
+def scored(logits: torch.Tensor, references: list, labels: LabelSet, threshold: float, weights) -> tuple[dict, torch.Tensor, list]:
+    """(the report with its mean loss, the probabilities, the predicted labels) of a split's logits."""
+    probabilities = probabilities_of(logits, labels.multi_label)
+    predicted = labels.decode(probabilities, threshold)
+    report = score(predicted, references, labels)
+    report["loss"] = float(example_losses(logits, labels.targets(references), labels.multi_label, weights).mean())
+    return report, probabilities, predicted
+
+
 class ClassifyMethod:
     """Cross-entropy (or per-class BCE) of a classification head, per example."""
 
@@ -75,10 +94,7 @@ class ClassifyMethod:
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
         data = load_examples(config.data, config.train.seed)
-        labels = LabelSet.from_data(data.train.labels, config.classify.multi_label, config.classify.labels)
-        for examples in (data.train, data.validation, data.test):
-            for label, source in zip(examples.labels, examples.sources):
-                labels.check(label, source)
+        labels = checked_labels(config, data.train, [data.train, data.validation, data.test])
         model, self.tokenizer, self.info = build_for_training(config, labels, checkpoint)
         self.data, self.labels = data, labels
         self.class_weights = (labels.balanced_weights(data.train.labels)
@@ -137,11 +153,7 @@ class ClassifyMethod:
         with self.accelerator.autocast():
             logits = all_logits(model, split.rows, self.tokenizer.pad_token_id, self.config.eval.batch_size)
         model.train(was_training)
-        probabilities = probabilities_of(logits, self.labels.multi_label)
-        predicted = self.labels.decode(probabilities, self.info.threshold)
-        report = score(predicted, split.examples.labels, self.labels)
-        report["loss"] = float(example_losses(logits, split.targets, self.labels.multi_label, self.class_weights).mean())
-        return report, probabilities, predicted
+        return scored(logits, split.examples.labels, self.labels, self.info.threshold, self.class_weights)
 
     def validate(self, model, answers: bool) -> dict[str, float]:
         if not len(self.validation.rows):
@@ -162,12 +174,9 @@ class ClassifyMethod:
                                "(set data.test or data.test_split)")
             return HeldOut(None, None, None)
         tuned, probabilities, predicted = self.evaluate(model, self.held)
-        if self.base is not None:  # None only when a resumed run lost eval/base_scores.json
-            print_table(self.console, self.held_name, len(self.held.rows), self.base, tuned)
-        rows = prediction_rows(self.held.examples, predicted, probabilities, self.labels)
-        written = write_evaluation(self.run_dir / "eval", self.held_name, self.base, tuned, rows)
-        self.console.print(f"per-class scores, predictions and confusion matrices: {', '.join(str(p) for p in written)}")
-        return HeldOut(self.held_name, self.base, tuned)
+        held = self.held.examples
+        rows = prediction_rows(("text", held.texts), held.labels, held.sources, predicted, probabilities, self.labels)
+        return report_held_out(self.console, self.run_dir, HeldOut(self.held_name, self.base, tuned), rows)
 
 
 def closing(result) -> list[str]:
@@ -175,15 +184,27 @@ def closing(result) -> list[str]:
     return [f"label texts with it: tuneforge predict {result.run_dir} FILE", f"serve it: tuneforge serve {result.run_dir}"]
 
 
-def prediction_rows(examples: Examples, predicted: list, probabilities: torch.Tensor, labels: LabelSet) -> list[dict]:
+def report_held_out(console: Console, run_dir: Path, held: HeldOut, rows: list[dict]) -> HeldOut:
+    """The base-vs-tuned table, then eval/: both reports, the predictions and the confusion matrices (text and
+    image classifiers alike)."""
+    if held.base is not None:  # None only when a resumed run lost eval/base_scores.json
+        print_table(console, held.split, len(rows), held.base, held.tuned)
+    written = write_evaluation(run_dir / "eval", held.split, held.base, held.tuned, rows)
+    console.print(f"per-class scores, predictions and confusion matrices: {', '.join(str(p) for p in written)}")
+    return held
+
+
+def prediction_rows(inputs: tuple[str, list[str]], references: list, sources: list[str], predicted: list,
+                    probabilities: torch.Tensor, labels: LabelSet) -> list[dict]:
+    """One row per held-out example; `inputs` is (key, values): ("text", texts) or ("image", paths)."""
     rows = []
-    for text, reference, source, label, row in zip(examples.texts, examples.labels, examples.sources, predicted,
-                                                   probabilities.tolist()):
+    key_in, values = inputs
+    for value, reference, source, label, row in zip(values, references, sources, predicted, probabilities.tolist()):
         right = set(as_names(label)) == set(as_names(reference))
         key = "labels" if labels.multi_label else "label"
         out = list(label) if labels.multi_label else label
         ref = list(as_names(reference)) if labels.multi_label else reference
-        rows.append({"source": source, "text": text, "reference": ref, key: out, "correct": right,
+        rows.append({"source": source, key_in: value, "reference": ref, key: out, "correct": right,
                      "scores": {name: round(p, 6) for name, p in zip(labels.names, row)}})
     return rows
 
