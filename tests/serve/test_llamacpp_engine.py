@@ -20,7 +20,7 @@ from tests.serve.test_engines import Collect
 from tuneforge.errors import ConfigError
 from tuneforge.serve.engine import Delta, Done, Request, SamplingParams
 from tuneforge.serve.engines.api import EngineUnavailable, Unavailable
-from tuneforge.serve.engines.llamacpp import LlamaCppEngine, llama_server
+from tuneforge.serve.engines.llamacpp import SERVER_MODULES, LlamaCppEngine, installed, llama_server
 from tuneforge.serve.options import ServeOptions
 
 FAKE_LLAMA_SERVER = '''
@@ -162,9 +162,13 @@ def test_which_llama_server_runs(fake_llama_server, monkeypatch, tmp_path):
     monkeypatch.delenv("TUNEFORGE_LLAMA_SERVER", raising=False)
     monkeypatch.setenv("PATH", f"{script.parent}{os.pathsep}{os.environ['PATH']}")
     assert llama_server(ServeOptions()) == str(script)  # on PATH
-    assert llama_server(ServeOptions(llama_server="python")) is None  # llama-cpp-python's server, asked for
-    monkeypatch.setenv("TUNEFORGE_LLAMA_SERVER", "python")
-    assert llama_server(ServeOptions()) is None
+    if all(map(installed, SERVER_MODULES)):
+        assert llama_server(ServeOptions(llama_server="python")) is None  # llama-cpp-python's server, asked for
+        monkeypatch.setenv("TUNEFORGE_LLAMA_SERVER", "python")
+        assert llama_server(ServeOptions()) is None
+    else:  # asked for, and not installed: the error says what to install
+        with pytest.raises(ConfigError, match=r"--engine llama.cpp needs .*pip install"):
+            llama_server(ServeOptions(llama_server="python"))
     with pytest.raises(ConfigError, match="--llama-server /no/such/llama-server.*not an executable"):
         llama_server(ServeOptions(llama_server="/no/such/llama-server"))
 

@@ -52,6 +52,14 @@ INSTALL = "pip install 'tuneforge[llamacpp]' (llama-cpp-python; it builds llama.
 SERVER_MODULES = ("llama_cpp.server", "sse_starlette", "starlette_context", "pydantic_settings", "uvicorn")
 
 
+def installed(module: str) -> bool:
+    """Whether `module` can be imported; a submodule of a missing package is missing, not an error."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def llama_server(options: ServeOptions) -> str | None:
     """The llama-server binary to run, or None for llama-cpp-python's server (a clear error when neither is there)."""
     chosen = options.llama_server or os.environ.get(SERVER_ENV)
@@ -62,7 +70,7 @@ def llama_server(options: ServeOptions) -> str | None:
                               f"as docs/deploy.md says, or pass --llama-server {PYTHON_SERVER}")
         return found
     found = None if chosen == PYTHON_SERVER else shutil.which("llama-server")
-    if found is None and any(importlib.util.find_spec(name) is None for name in SERVER_MODULES):
+    if found is None and not all(map(installed, SERVER_MODULES)):
         raise missing_engine("llama.cpp", "llama.cpp's server (no llama-server binary found, and llama-cpp-python's "
                              "server extra is not installed)", INSTALL + f", or set {SERVER_ENV} to a llama-server binary")
     return found
