@@ -7,10 +7,15 @@ random 2-layer Llamas with hidden size 64, and TUNEFORGE_HOME points at a tempor
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-import pytest
-import yaml
+# huggingface_hub reads HF_HUB_OFFLINE once, when first imported: set before any test module imports it, so
+# no test can reach the hub (the per-test fixture below keeps it set for subprocesses).
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
