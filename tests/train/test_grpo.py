@@ -32,7 +32,8 @@ def grpo_config(tmp_path, tiny_model):
             "data": {"train": str(write_jsonl(tmp_path / "prompts.jsonl", prompt_rows(16))),
                      "validation": str(write_jsonl(tmp_path / "heldout.jsonl", prompt_rows(20)[16:]))},
             "method": "full",
-            "train": {"learning_rate": 3e-3, "max_steps": 12, "batch_size": 2, "lr_scheduler": "constant",
+            # 1e-2: the rollouts sample the policy's whole distribution over the tiny vocabulary (no top-k)
+            "train": {"learning_rate": 1e-2, "max_steps": 12, "batch_size": 2, "lr_scheduler": "constant",
                       "max_seq_length": 128, "seed": 0},
             "grpo": {"num_generations": 8, "max_new_tokens": 8, "temperature": 1.0},
             "rewards": [{"function": f"{__file__}:even_tokens"}],

@@ -1,8 +1,8 @@
 """GRPO on the step driver (task: grpo): the model learns from its own sampled answers, scored by rewards.
 
 For each micro-batch of prompts the current policy samples a group of G answers per prompt
-(models/rollout.py: batched KV-cache generation on the policy's own weights, the LoRA adapter
-active), the rewards score them (evaluate/rewards.py), and each answer's advantage is its reward
+(models/rollout.py: the continuous-batching decoding core that `tuneforge serve` runs, on the policy's
+own weights, the LoRA adapter active, rows leaving as they finish), the rewards score them (evaluate/rewards.py), and each answer's advantage is its reward
 against its group's (train/policy_loss.py).  The loss terms are the clipped policy-gradient objective
 summed over answer tokens and, with grpo.beta > 0, the k3 KL to the reference: the same network with
 its adapter switched off (peft's disable_adapter), no second copy.  The driver divides by the step's
