@@ -1,5 +1,5 @@
 """GRPO rollouts through the batched decoding core: greedy equals `generate`, length limit, end of turn, seeds,
-LoRA's current adapter, and the model's mode given back."""
+LoRA's current adapter, the model's mode given back, and the packed frozen base giving the same tokens."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from tuneforge.models.generate import Sampling, stop_token_ids
+from tuneforge.models.packed import PackedLinear, can_pack
+from tuneforge.models.packed_base import pack_frozen_base
 from tuneforge.models.rollout import sample_token_groups
 
 PROMPTS = ["hello there", "What is 2 plus 2? Tell me", "a", "def f(x):\n    return"]
@@ -104,3 +106,26 @@ def test_with_lora_the_current_adapter_generates_and_the_train_mode_comes_back(t
         assert adapted.completion_ids != generate_greedy(model, tokenizer, prompt[0], 12)
 
 
+
+
+@pytest.mark.skipif(not can_pack(torch.device("cpu")), reason="this CPU has no native bf16: nothing is packed")
+def test_a_packed_frozen_base_gives_the_same_rollouts_and_is_swapped_back(tiny_model):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.5)
+    packed = pack_frozen_base(model)
+    assert len(packed.swaps) == 2 * 3 + 1  # 2 layers x 3 adapted linears, and the output layer
+    prompts = [tokenizer.encode(p) for p in PROMPTS]
+    greedy = Sampling(max_new_tokens=16, temperature=0.0)
+    plain = sample_token_groups(model, tokenizer, prompts, 2, greedy)
+    with packed.swapped():
+        assert isinstance(base.lm_head, PackedLinear)
+        assert sample_token_groups(model, tokenizer, prompts, 2, greedy) == plain
+    assert type(base.lm_head) is torch.nn.Linear and all(s.parent.base_layer is s.original for s in packed.swaps[:-1])
+    assert pack_frozen_base(base) is None  # no adapter: the base trains, nothing is packed
