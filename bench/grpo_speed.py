@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,6 +59,7 @@ def run_tuneforge(args, workdir: Path) -> dict:
     overrides = [f"data.train={data}", "data.validation=[]", "eval.general_check=false", "checkpoint.every_steps=null",
                  f"train.max_steps={args.steps}", f"train.batch_size={args.batch}", "train.warmup_steps=0",
                  f"grpo.num_generations={args.generations}", f"grpo.max_new_tokens={args.max_new_tokens}",
+                 "grpo.temperature=1.0", "grpo.top_p=1.0",  # as TRL's below (the quickstart samples at 0.7)
                  f"output_dir={workdir / 'run'}", f"model.dtype={'auto' if args.precision == 'bf16' else 'float32'}",
                  f"train.threads={args.threads or 'null'}"]
     config = load_config(ROOT / "configs" / "grpo-quickstart.yaml", overrides)
@@ -153,8 +155,8 @@ def main() -> None:
         results = {worker: run_child(worker) for worker in order}
         ratios.append(report(round_ + 1, results))
     if args.rounds > 1:
-        steps = sorted(r[0] for r in ratios)
-        print(f"steps/s ratio per round: {', '.join(f'{r[0]:.2f}x' for r in ratios)}; median {steps[len(steps) // 2]:.2f}x; "
+        print(f"steps/s ratio per round: {', '.join(f'{r[0]:.2f}x' for r in ratios)}; "
+              f"median {statistics.median(r[0] for r in ratios):.2f}x; "
               f"peak RSS ratio {', '.join(f'{r[1]:.2f}x' for r in ratios)}")
 
 
