@@ -99,6 +99,34 @@ def test_several_updates_per_generation_and_kl_to_the_adapter_off(grpo_config, o
     assert rows[0]["train_clip_fraction"] == 0.0
 
 
+def test_lora_over_a_bf16_base_generates_with_the_packed_base_and_trains_the_original(grpo_config, one_thread,
+                                                                                     monkeypatch):
+    from tuneforge.models.packed import can_pack
+    from tuneforge.train.driver import train
+    from tuneforge.train.methods import grpo
+
+    if not can_pack(torch.device("cpu")):
+        pytest.skip("this CPU has no native bf16: nothing is packed")
+    made, swapped = [], []
+    real_pack, real_sample = grpo.pack_frozen_base, grpo.sample_groups
+
+    def pack(model):
+        made.append(real_pack(model))
+        return made[-1]
+
+    def sample(model, *args, **kwargs):  # during a rollout the packed layers are in place
+        swapped.append(all(getattr(s.parent, s.name) is s.packed for s in made[0].swaps))
+        return real_sample(model, *args, **kwargs)
+
+    monkeypatch.setattr(grpo, "pack_frozen_base", pack)
+    monkeypatch.setattr(grpo, "sample_groups", sample)
+    config = grpo_config(**{"method": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "model.dtype": "bfloat16",
+                            "train.max_steps": 2})
+    train(config)
+    assert len(made) == 1 and made[0] is not None and swapped == [True, True]  # packed once, used every rollout
+    assert all(getattr(s.parent, s.name) is s.original for s in made[0].swaps)  # and put back
+
+
 def test_advantages_and_loss_of_a_fixed_group_by_hand():
     rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5]])
     advantages, no_signal = group_advantages(rewards, scale=True)
