@@ -10,7 +10,13 @@ all linear layers), optimizer (AdamW, constant lr 3e-4, grad-norm clip 1.0), los
 normalisation: TRL's loss_type "dapo"; group std scaling; beta 0, so neither runs a reference
 pass; one update per generation) and precision (bf16 autocast over a bf16 base where bf16 is native,
 as tuneforge's default and TRL's bf16=True; --precision fp32 for both in fp32).
-No evaluation, general check or periodic checkpoint runs in either.
+No evaluation, general check or periodic checkpoint runs in either.  Generation: tuneforge's rollouts
+through its continuous-batching decoder (models/rollout.py; the frozen base packed for decoding where the
+CPU has native bf16, models/packed_base.py); TRL's `model.generate` at the settings a careful user would
+choose: its generation batch equal to ours (steps_per_generation=1: one step's prompts x G answers at
+once, as tuneforge generates them), KV cache on (use_cache, TRL's default without gradient checkpointing),
+top_k 0 as TRL defaults and as tuneforge samples.  --trl-continuous-batching makes TRL generate with
+transformers' continuous batching (`generate_batch`) instead.
 
 Measured in each child: the time at the end of every optimizer step (tuneforge: the driver's `stop`
 callback; TRL: `TrainerCallback.on_step_end`); steps/s over steps 2..N (step 1 is warm-up);
@@ -20,7 +26,7 @@ span; peak RSS = the child's ru_maxrss (imports and model load included).  --thr
 threads in both (tuneforge's train.threads, torch.set_num_threads before TRL loads the model).
 
     python bench/grpo_speed.py                      # 8 steps each, 4 prompts x 8 answers, 48 new tokens
-    python bench/grpo_speed.py --steps 4 --prompts 16 --batch 2 --generations 4 --max-new-tokens 32
+    python bench/grpo_speed.py --steps 5 --prompts 16 --batch 2 --generations 4 --max-new-tokens 32 --threads 1 --rounds 3
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,6 +59,7 @@ def run_tuneforge(args, workdir: Path) -> dict:
     overrides = [f"data.train={data}", "data.validation=[]", "eval.general_check=false", "checkpoint.every_steps=null",
                  f"train.max_steps={args.steps}", f"train.batch_size={args.batch}", "train.warmup_steps=0",
                  f"grpo.num_generations={args.generations}", f"grpo.max_new_tokens={args.max_new_tokens}",
+                 "grpo.temperature=1.0", "grpo.top_p=1.0",  # as TRL's below (the quickstart samples at 0.7)
                  f"output_dir={workdir / 'run'}", f"model.dtype={'auto' if args.precision == 'bf16' else 'float32'}",
                  f"train.threads={args.threads or 'null'}"]
     config = load_config(ROOT / "configs" / "grpo-quickstart.yaml", overrides)
@@ -101,6 +109,7 @@ def run_trl(args, workdir: Path) -> dict:
         loss_type="dapo", scale_rewards="group", reward_weights=[0.5, 1.0], logging_steps=1, save_strategy="no",
         report_to="none", bf16=args.precision == "bf16", disable_dropout=True, seed=42, steps_per_generation=1,
         use_cpu=not torch.cuda.is_available(), gradient_checkpointing=False,  # tuneforge's default: off
+        use_transformers_continuous_batching=args.trl_continuous_batching,
     )
     peft = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = GRPOTrainer(model=model, reward_funcs=[rewards.answer_format, rewards.correct_answer], args=config,
@@ -128,6 +137,9 @@ def main() -> None:
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     parser.add_argument("--threads", type=int, help="torch CPU threads in both trainers (default: one per core); "
                         "1 on a CPU shared with other busy processes, where threads wait on each other")
+    parser.add_argument("--trl-continuous-batching", action="store_true",
+                        help="TRL generates with transformers' continuous batching (generate_batch) instead of generate")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of both trainers, who starts alternating")
     parser.add_argument("--worker", choices=["tuneforge", "trl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -135,26 +147,39 @@ def main() -> None:
             result = (run_tuneforge if args.worker == "tuneforge" else run_trl)(args, Path(tmp))
         print("RESULT " + json.dumps(result), flush=True)
         return
-    results = {}
-    for worker in ("tuneforge", "trl"):
-        argv = [sys.executable, __file__, "--worker", worker, *sys.argv[1:]]
-        output = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
-        line = next((l for l in output.stdout.splitlines() if l.startswith("RESULT ")), None)
-        if line is None:
-            sys.exit(f"{worker} failed:\n{output.stderr[-3000:]}")
-        results[worker] = json.loads(line[7:])
-        print(f"{worker}: {results[worker]}", flush=True)
     print(f"GRPO, SmolLM2-135M-Instruct, LoRA r16, {args.precision}, {args.steps} steps of {args.batch} prompts x "
-          f"{args.generations} answers, <= {args.max_new_tokens} new tokens")
+          f"{args.generations} answers, <= {args.max_new_tokens} new tokens, {args.rounds} round(s)", flush=True)
+    ratios = []
+    for round_ in range(args.rounds):  # alternate who runs first: the shared machine's load drifts
+        order = ("tuneforge", "trl") if round_ % 2 == 0 else ("trl", "tuneforge")
+        results = {worker: run_child(worker) for worker in order}
+        ratios.append(report(round_ + 1, results))
+    if args.rounds > 1:
+        print(f"steps/s ratio per round: {', '.join(f'{r[0]:.2f}x' for r in ratios)}; "
+              f"median {statistics.median(r[0] for r in ratios):.2f}x; "
+              f"peak RSS ratio {', '.join(f'{r[1]:.2f}x' for r in ratios)}")
+
+
+def run_child(worker: str) -> dict:
+    argv = [sys.executable, __file__, "--worker", worker, *sys.argv[1:]]
+    output = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
+    line = next((l for l in output.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if line is None:
+        sys.exit(f"{worker} failed:\n{output.stderr[-3000:]}")
+    return json.loads(line[7:])
+
+
+def report(round_: int, results: dict) -> tuple[float, float]:
+    print(f"round {round_} ({' then '.join(results)}):")
     print(f"{'':12}{'steps/s':>10}{'gen tok/s':>12}{'answer len':>12}{'peak RSS MB':>13}")
     for name, r in results.items():
         print(f"{name:12}{r['steps_per_s']:>10.4f}{r['generated_tokens_per_s']:>12.1f}{r['mean_answer_tokens']:>12.1f}"
               f"{r['peak_rss_mb']:>13.0f}")
     ours, theirs = results["tuneforge"], results["trl"]
-    print(f"ratio tuneforge/TRL: steps/s {ours['steps_per_s'] / theirs['steps_per_s']:.2f}x, generated tokens/s "
-          f"{ours['generated_tokens_per_s'] / theirs['generated_tokens_per_s']:.2f}x, peak RSS "
-          f"{ours['peak_rss_mb'] / theirs['peak_rss_mb']:.2f}x")
-
+    steps, rss = ours["steps_per_s"] / theirs["steps_per_s"], ours["peak_rss_mb"] / theirs["peak_rss_mb"]
+    print(f"ratio tuneforge/TRL: steps/s {steps:.2f}x, generated tokens/s "
+          f"{ours['generated_tokens_per_s'] / theirs['generated_tokens_per_s']:.2f}x, peak RSS {rss:.2f}x", flush=True)
+    return steps, rss
 
 if __name__ == "__main__":
     main()

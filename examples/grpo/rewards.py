@@ -7,6 +7,7 @@ dataset's other columns as keyword arguments (here `answer`), and returns one fl
 import re
 
 FINAL = re.compile(r"(?:^|\n)\s*Answer:\s*(-?\d+)\s*\.?\s*$")
+NUMBER = re.compile(r"-?\d+")
 
 
 def text(completion) -> str:
@@ -19,9 +20,12 @@ def answer_format(prompts, completions, **kwargs) -> list[float]:
 
 
 def correct_answer(prompts, completions, answer, **kwargs) -> list[float]:
-    """1.0 when the number on the final 'Answer:' line is right, else 0.0 (no format: no credit)."""
+    """1.0 when the reply's last number is the right one, else 0.0.
+
+    Scored apart from the format (a right sum written as '3 + 18 = 21' counts), so the model can learn
+    to add while it learns the format; on a reply in the format the last number is the 'Answer:' line's."""
     scores = []
     for completion, expected in zip(completions, answer):
-        match = FINAL.search(text(completion).strip())
-        scores.append(1.0 if match and match.group(1) == str(expected) else 0.0)
+        numbers = NUMBER.findall(text(completion))
+        scores.append(1.0 if numbers and numbers[-1] == str(expected) else 0.0)
     return scores

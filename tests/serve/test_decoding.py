@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tuneforge.serve.decoding import RowSampling, TextStream, choose_tokens, held_back, new_generator
+from tuneforge.models.sampling import RowSampling, choose_tokens, new_generator
+from tuneforge.serve.decoding import TextStream, held_back
 
 
 def stream_of(tokenizer, text: str, stop: tuple[str, ...]) -> tuple[list[str], TextStream]:

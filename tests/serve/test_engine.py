@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from tuneforge.errors import ModelError
-from tuneforge.serve.engine import (
-    Batch, Delta, Done, Engine, EngineClosed, Failed, Request, SamplingParams, left_pad, merge, position_ids,
-)
+from tuneforge.models.batched_decode import Batch, left_pad, merge, position_ids
+from tuneforge.serve.engine import Delta, Done, Engine, EngineClosed, Failed, Request, SamplingParams
 
 
 class Collector:

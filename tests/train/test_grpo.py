@@ -32,7 +32,8 @@ def grpo_config(tmp_path, tiny_model):
             "data": {"train": str(write_jsonl(tmp_path / "prompts.jsonl", prompt_rows(16))),
                      "validation": str(write_jsonl(tmp_path / "heldout.jsonl", prompt_rows(20)[16:]))},
             "method": "full",
-            "train": {"learning_rate": 3e-3, "max_steps": 12, "batch_size": 2, "lr_scheduler": "constant",
+            # 1e-2: the rollouts sample the policy's whole distribution over the tiny vocabulary (no top-k)
+            "train": {"learning_rate": 1e-2, "max_steps": 12, "batch_size": 2, "lr_scheduler": "constant",
                       "max_seq_length": 128, "seed": 0},
             "grpo": {"num_generations": 8, "max_new_tokens": 8, "temperature": 1.0},
             "rewards": [{"function": f"{__file__}:even_tokens"}],
@@ -96,6 +97,34 @@ def test_several_updates_per_generation_and_kl_to_the_adapter_off(grpo_config, o
     assert rows[0]["train_kl"] == pytest.approx(0.0, abs=1e-6)  # the first update starts at the reference
     assert rows[1]["train_kl"] > 0  # the second: one update away from it
     assert rows[0]["train_clip_fraction"] == 0.0
+
+
+def test_lora_over_a_bf16_base_generates_with_the_packed_base_and_trains_the_original(grpo_config, one_thread,
+                                                                                     monkeypatch):
+    from tuneforge.models.packed import can_pack
+    from tuneforge.train.driver import train
+    from tuneforge.train.methods import grpo
+
+    if not can_pack(torch.device("cpu")):
+        pytest.skip("this CPU has no native bf16: nothing is packed")
+    made, swapped = [], []
+    real_pack, real_sample = grpo.pack_frozen_base, grpo.sample_groups
+
+    def pack(model):
+        made.append(real_pack(model))
+        return made[-1]
+
+    def sample(model, *args, **kwargs):  # during a rollout the packed layers are in place
+        swapped.append(all(getattr(s.parent, s.name) is s.packed for s in made[0].swaps))
+        return real_sample(model, *args, **kwargs)
+
+    monkeypatch.setattr(grpo, "pack_frozen_base", pack)
+    monkeypatch.setattr(grpo, "sample_groups", sample)
+    config = grpo_config(**{"method": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "model.dtype": "bfloat16",
+                            "train.max_steps": 2})
+    train(config)
+    assert len(made) == 1 and made[0] is not None and swapped == [True, True]  # packed once, used every rollout
+    assert all(getattr(s.parent, s.name) is s.original for s in made[0].swaps)  # and put back
 
 
 def test_advantages_and_loss_of_a_fixed_group_by_hand():

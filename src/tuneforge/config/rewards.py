@@ -119,3 +119,5 @@ class GRPOConfig(Shape):
     pass_threshold: float = Field(1.0, description="a held-out answer passes when its total reward reaches this")
     eval_max_prompts: int = Field(64, ge=1, description="held-out prompts answered before and after training")
     generation_batch_size: int = Field(64, ge=1, description="sequences generated together (prompts x G)")
+    pack_for_generation: bool = Field(True, description="LoRA on a CPU with native bf16: the frozen bf16 base layers "
+                                      "packed once for decoding (faster rollouts; ~2 bytes per base parameter more memory)")

@@ -1,32 +1,27 @@
 """The batching generator: one scheduler thread decodes every active request together, with a KV cache.
 
-Continuous batching: the running batch is a left-padded KV cache (one row per sequence, an
-attention mask marking each row's padding, position ids counted from the mask). Between two
-decode steps the scheduler admits waiting requests: their prompts are prefilled together in one
-forward pass and their rows joined to the batch (caches left-padded to the same length); rows
-that finish or are cancelled leave at once, and columns that became padding in every row are
-trimmed. So a request never waits for another to finish, only for the current step.
+Continuous batching through the decoding core that GRPO's rollouts share (models/batched_decode.py:
+prefill, decode steps, joining and leaving rows, per-adapter forward passes; models/sampling.py: each
+row's temperature, top_p and seeded generator). This module is the threaded request queue over it:
+between two decode steps the scheduler admits waiting requests (prefilled together, joined to the
+running batch); rows that finish or are cancelled leave at once. So a request never waits for another
+to finish, only for the current step.
 
 Requests for different LoRA adapters share the batch: peft's mixed-batch inference takes one
-adapter name per row (`__base__` for the adapter-free base), so one forward pass serves them all
-instead of switching adapters between per-adapter batches (a batch of one adapter takes the
-plain path, which is cheaper).
+adapter name per row (`__base__` for the adapter-free base).
 
-Each row samples with its own temperature, top_p and seeded generator (decoding.py). A request
-whose own values fail while its sequences are set up or sampled (protocol.py validates them, so
-this is the last line of defence) fails alone: its request gets the error, the rest of the batch
-goes on (tests/serve/test_isolation.py). Events go
-out through each request's `sink` (thread-safe), and a cancelled request leaves the batch at the
-next step. `batching=False` admits one request at a time: the baseline the load benchmark uses.
-The cache handling needs full-attention layers (Llama, Qwen, SmolLM ...); models with
-sliding-window or linear-attention layers are refused at start.
+A request whose own values fail while its sequences are set up or sampled (protocol.py validates
+them, so this is the last line of defence) fails alone: its request gets the error, the rest of the
+batch goes on (tests/serve/test_isolation.py). Events go out through each request's `sink`
+(thread-safe), and a cancelled request leaves the batch at the next step. `batching=False` admits one
+request at a time: the baseline the load benchmark uses. Models with sliding-window or
+linear-attention layers are refused at start (the core's cache handling needs full attention).
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import inspect
 import logging
 import threading
 from collections import deque
@@ -34,14 +29,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from tuneforge.errors import ModelError
+from tuneforge.models.batched_decode import BASE_ADAPTER  # noqa: F401 (serve's routes and engines name it here)
+from tuneforge.models.batched_decode import Batch, BatchedDecoder, keep_rows, merge
 from tuneforge.models.generate import end_of_turn_ids
-from tuneforge.serve.decoding import RowSampling, TextStream, choose_tokens, new_generator
+from tuneforge.models.sampling import RowSampling, choose_tokens, row_sampling, suppressed_tokens
+from tuneforge.serve.decoding import TextStream
 
 log = logging.getLogger("tuneforge.serve")
-BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
 
 
 @dataclass(frozen=True)
@@ -117,14 +112,6 @@ class Sequence:
 
 
 @dataclass
-class Batch:
-    seqs: list[Sequence]
-    cache: object  # transformers DynamicCache, rows in the order of seqs
-    mask: torch.Tensor  # [rows, cached tokens]: 1 real token, 0 left padding
-    pending: torch.Tensor  # [rows]: each row's newest token, not yet in the cache
-
-
-@dataclass
 class EngineStats:
     prefills: int = 0
     prefilled_rows: int = 0  # each got its first token from the prefill
@@ -187,21 +174,18 @@ class Engine(RequestQueue):
         self.stop_ids = set(end_of_turn_ids(getattr(model, "generation_config", None), tokenizer))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.suppressed = suppressed_tokens(model, self.device)
-        self.mixed_adapters = hasattr(model, "peft_config")
-        self.core = model.get_base_model() if self.mixed_adapters else model
-        self.cache_keyword = "cache" if "cache" in inspect.signature(self.core.forward).parameters else "past_key_values"
-        self.new_cache()  # refuses models whose cache layers cannot be joined
+        # every pass goes through self._forward, looked up at each call (refuses caches it cannot join)
+        self.decoder = BatchedDecoder(model, self.pad_id, lambda *args: self._forward(*args))
         self.stats = EngineStats()
         self.batch: Batch | None = None
         self._init_queue("tuneforge-engine")
 
     # --- called from other threads -------------------------------------------------------------
 
-
     @property
     def running(self) -> int:
         batch = self.batch
-        return len(batch.seqs) if batch else 0
+        return len(batch.rows) if batch else 0
 
     # --- the scheduler thread ------------------------------------------------------------------
 
@@ -246,53 +230,28 @@ class Engine(RequestQueue):
         if not requests:
             return
         self.stats.prefills += 1
-        ids, mask = left_pad([r.prompt for r in requests], self.pad_id, self.device)
-        cache = self.new_cache()
-        logits = self._forward(ids, mask, position_ids(mask), cache, [r.adapter for r in requests])
-        rows = [i for i, r in enumerate(requests) for _ in range(r.n)]
-        if len(rows) > len(requests):  # n > 1: the choices share their prompt's prefill
-            index = torch.tensor(rows, device=self.device)
-            cache.batch_select_indices(index)
-            mask, logits = mask[index], logits[index]
+        cache, mask, logits = self.decoder.prefill([r.prompt for r in requests], [r.n for r in requests],
+                                                   [r.adapter for r in requests])
         self.stats.prefilled_rows += len(seqs)
         tokens = self._choose(logits, seqs)
         joined = Batch(seqs, cache, mask, torch.tensor(tokens, device=self.device))
         self.batch = merge(self.batch, keep_rows(joined, self._advance(seqs, tokens)))
 
     def _decode(self) -> None:
-        batch = keep_rows(self.batch, [i for i, s in enumerate(self.batch.seqs) if not s.request.cancelled])
+        batch = keep_rows(self.batch, [i for i, s in enumerate(self.batch.rows) if not s.request.cancelled])
         self.batch = batch
         if batch is None:
             return
         self.stats.decode_steps += 1
-        self.stats.decoded_rows += len(batch.seqs)
-        mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch.seqs), 1)], dim=1)
-        positions = batch.mask.sum(dim=1, keepdim=True)
-        logits = self._forward(batch.pending[:, None], mask, positions, batch.cache, [s.request.adapter for s in batch.seqs])
-        tokens = self._choose(logits, batch.seqs)
-        batch.mask, batch.pending = mask, torch.tensor(tokens, device=self.device)
-        self.batch = keep_rows(batch, self._advance(batch.seqs, tokens))
+        self.stats.decoded_rows += len(batch.rows)
+        logits = self.decoder.decode(batch, [s.request.adapter for s in batch.rows])
+        tokens = self._choose(logits, batch.rows)
+        batch.pending = torch.tensor(tokens, device=self.device)
+        self.batch = keep_rows(batch, self._advance(batch.rows, tokens))
 
-    def _forward(self, ids, mask, positions, cache, adapters: list[str | None]) -> torch.Tensor:
-        """Last-position logits of each row, each row through its own adapter.
-
-        A batch of one adapter takes peft's plain path (that adapter active, or all adapters
-        disabled for the base): the mixed-batch path costs about 18% more per step on a CPU.
-        """
-        kwargs = {self.cache_keyword: cache, "attention_mask": mask, "position_ids": positions,
-                  "use_cache": True, "logits_to_keep": 1}
-        names = {a or BASE_ADAPTER for a in adapters}
-        if not self.mixed_adapters:
-            return self.model(input_ids=ids, **kwargs).logits[:, -1]
-        if names == {BASE_ADAPTER}:
-            with self.model.disable_adapter():
-                return self.model(input_ids=ids, **kwargs).logits[:, -1]
-        if len(names) == 1:
-            [name] = names
-            if self.model.active_adapter != name:
-                self.model.set_adapter(name, inference_mode=True)
-            return self.model(input_ids=ids, **kwargs).logits[:, -1]
-        return self.model(input_ids=ids, adapter_names=[a or BASE_ADAPTER for a in adapters], **kwargs).logits[:, -1]
+    def _forward(self, ids, mask, positions, cache, adapters: list[str | None] | None) -> torch.Tensor:
+        """Last-position logits of each row, each row through its own adapter (the core's pass)."""
+        return self.decoder.forward(ids, mask, positions, cache, adapters)
 
     def _sequences(self, request: Request) -> list[Sequence]:
         """The request's n sequences; none, and the request failed alone, when its values cannot be used."""
@@ -330,9 +289,8 @@ class Engine(RequestQueue):
     def _sequence(self, request: Request, j: int) -> Sequence:
         params = request.params
         seed = None if params.seed is None else params.seed + j
-        generator = new_generator(seed) if params.temperature > 0 else None
         return Sequence(request, request.first_choice + j, TextStream(self.tokenizer, params.stop),
-                        RowSampling(params.temperature, params.top_p, generator))
+                        row_sampling(params.temperature, params.top_p, seed))
 
     def _advance(self, seqs: list[Sequence], tokens: list[int]) -> list[int]:
         """Record each row's new token, send its text; the indices of rows still generating."""
@@ -362,69 +320,11 @@ class Engine(RequestQueue):
 
     def _fail(self, admitted: list[Request] | None, exc: Exception) -> None:
         self.stats.failures += 1
-        requests = {id(s.request): s.request for s in (self.batch.seqs if self.batch else [])}
+        requests = {id(s.request): s.request for s in (self.batch.rows if self.batch else [])}
         requests.update({id(r): r for r in admitted or []})
         self.batch = None
         for request in requests.values():
             request.sink(Failed(f"generation failed: {type(exc).__name__}: {exc}"))
 
     def new_cache(self):
-        from transformers.cache_utils import DynamicCache, DynamicLayer
-
-        cache = DynamicCache(config=self.core.config)
-        if any(type(layer) is not DynamicLayer for layer in cache.layers):
-            kinds = sorted({type(layer).__name__ for layer in cache.layers})
-            raise ModelError(f"tuneforge serve batches full-attention models only; this one has {', '.join(kinds)}")
-        return cache
-
-
-def suppressed_tokens(model, device) -> torch.Tensor | None:
-    """Token ids the model's generation config never lets it emit (honoured as `generate` would)."""
-    ids = getattr(getattr(model, "generation_config", None), "suppress_tokens", None)
-    return torch.tensor(list(ids), device=device) if ids else None
-
-
-def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-    return ids, mask
-
-
-def position_ids(mask: torch.Tensor) -> torch.Tensor:
-    return (mask.cumsum(dim=1) - 1).clamp(min=0)
-
-
-def pad_cache_to(tensor: torch.Tensor, width: int) -> torch.Tensor:
-    """Left-pad a [rows, heads, tokens, dim] key or value tensor to `width` tokens."""
-    return F.pad(tensor, (0, 0, width - tensor.shape[-2], 0))
-
-
-def merge(running: Batch | None, joining: Batch | None) -> Batch | None:
-    """One batch holding both batches' rows, the shorter caches left-padded to the longer."""
-    if running is None or joining is None:
-        return running or joining
-    width = max(running.mask.shape[1], joining.mask.shape[1])
-    for mine, theirs in zip(running.cache.layers, joining.cache.layers):
-        mine.keys = torch.cat([pad_cache_to(mine.keys, width), pad_cache_to(theirs.keys, width)])
-        mine.values = torch.cat([pad_cache_to(mine.values, width), pad_cache_to(theirs.values, width)])
-    masks = [F.pad(m, (width - m.shape[1], 0)) for m in (running.mask, joining.mask)]
-    return Batch(running.seqs + joining.seqs, running.cache, torch.cat(masks),
-                 torch.cat([running.pending, joining.pending]))
-
-
-def keep_rows(batch: Batch | None, keep: list[int]) -> Batch | None:
-    """The batch with only the rows in `keep`, and without leading columns that are padding in all of them."""
-    if batch is None or not keep:
-        return None
-    if len(keep) == len(batch.seqs):
-        return batch
-    index = torch.tensor(keep, device=batch.mask.device)
-    batch.cache.batch_select_indices(index)
-    mask, pending = batch.mask[index], batch.pending[index]
-    start = int(mask.any(dim=0).int().argmax())  # the first column where some row has a real token
-    if start:
-        for layer in batch.cache.layers:
-            layer.keys, layer.values = layer.keys[:, :, start:], layer.values[:, :, start:]
-        mask = mask[:, start:]
-    return Batch([batch.seqs[i] for i in keep], batch.cache, mask, pending)
+        return self.decoder.new_cache()

@@ -1,8 +1,9 @@
 """GRPO on the step driver (task: grpo): the model learns from its own sampled answers, scored by rewards.
 
 For each micro-batch of prompts the current policy samples a group of G answers per prompt
-(models/rollout.py: batched KV-cache generation on the policy's own weights, the LoRA adapter
-active), the rewards score them (evaluate/rewards.py), and each answer's advantage is its reward
+(models/rollout.py: the continuous-batching decoding core that `tuneforge serve` runs, on the policy's
+own weights, the LoRA adapter active, rows leaving as they finish; with LoRA on a CPU the frozen base
+packed once for decoding, models/packed_base.py), the rewards score them (evaluate/rewards.py), and each answer's advantage is its reward
 against its group's (train/policy_loss.py).  The loss terms are the clipped policy-gradient objective
 summed over answer tokens and, with grpo.beta > 0, the k3 KL to the reference: the same network with
 its adapter switched off (peft's disable_adapter), no second copy.  The driver divides by the step's
@@ -24,6 +25,7 @@ general-ability check shared with SFT (train/methods/general_check.py); the curv
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,7 @@ from tuneforge.evaluate import before_after
 from tuneforge.evaluate.reward_eval import evaluate_rewards, heldout_file, read_base, write_base
 from tuneforge.evaluate.rewards import Scores, load_rewards, score
 from tuneforge.models.generate import Sampling
+from tuneforge.models.packed_base import PackedBase, pack_frozen_base
 from tuneforge.models.rollout import Rollout, sample_groups
 from tuneforge.models.tokenizer import training_tokenizer
 from tuneforge.train import checkpoint as ckpt
@@ -71,6 +74,7 @@ class GRPOMethod:
         self.general_text = before_after.general_text(config.eval)
         self.generated: dict[tuple[int, ...], Generated] = {}
         self.groups, self.silent_groups = 0, 0  # groups sampled, and those whose answers all scored the same
+        self.packed: PackedBase | None | bool = False  # False: not tried yet
 
     # --- data and model -----------------------------------------------------------------------------
 
@@ -138,7 +142,7 @@ class GRPOMethod:
         rows = [self.rows[i] for i in units]
         started = time.monotonic()
         model.eval()
-        with self.accelerator.autocast():
+        with self.packed_base(), self.accelerator.autocast():
             groups = sample_groups(model, tokenizer, [messages(r) for r in rows], s.num_generations,
                                    Sampling(s.max_new_tokens, s.temperature, s.top_p), s.generation_batch_size)
         seconds = time.monotonic() - started
@@ -162,6 +166,12 @@ class GRPOMethod:
                     batch["ref_logp"] = spread(answer_log_probs(model, on_device), batch["completion_mask"])
         model.train()
         return batch
+
+    def packed_base(self) -> AbstractContextManager:
+        """The frozen base packed for decoding (models/packed_base.py), packed at the first rollout; or nothing."""
+        if self.packed is False:
+            self.packed = pack_frozen_base(self.model) if self.settings.pack_for_generation else None
+        return self.packed.swapped() if self.packed else nullcontext()
 
     def rollout_stats(self, scores: Scores, no_signal: torch.Tensor, answers: list[Rollout], seconds: float) -> list[float]:
         def mean_std(values: list[float | None]) -> list[float]:
