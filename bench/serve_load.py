@@ -114,7 +114,7 @@ def run_mode(served, batching: bool, args) -> dict:
 
     options = ServeOptions(port=free_port(), batching=batching, max_batch_size=args.max_batch_size,
                            max_new_tokens=max(args.max_tokens, 16), max_concurrent=max(64, args.clients),
-                           dtype=args.dtype)
+                           dtype=args.dtype, threads=args.engine_threads)
     server, thread, engine = start_server(served, options)
     try:
         results, wall, tokens = asyncio.run(load(f"http://127.0.0.1:{options.port}/v1", served.default, args, engine))
@@ -161,14 +161,15 @@ def main() -> None:
 
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from tuneforge.serve import threads
 
+    # as `tuneforge serve` does: this thread loads serially, the engine's thread takes the threads
+    args.engine_threads = threads.for_the_engine(args.threads)
     from tuneforge.serve.served import load_served
 
     served = load_served(args.model)
     device = next(served.model.parameters()).device
-    print(f"model {served.default} on {device} ({torch.get_num_threads()} threads, {args.dtype}); {args.clients} streaming clients, "
+    print(f"model {served.default} on {device} ({args.engine_threads} engine threads, {args.dtype}); {args.clients} streaming clients, "
           f"{args.duration:g} s per mode, max_tokens {args.max_tokens}, temperature {args.temperature}")
     rows = [run_mode(served, mode == "on", args) for mode in args.modes.split(",")]
     header = (f"{'mode':<14}{'requests':>9}{'errors':>7}{'req/s':>8}{'out tok/s':>11}{'TTFT p50':>10}{'TTFT p95':>10}"

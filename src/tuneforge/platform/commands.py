@@ -59,7 +59,7 @@ def run_platform(args: argparse.Namespace, console: Console) -> int:
                                   registry=registry_path(args.registry).resolve()))
     except ValueError as exc:
         raise ConfigError(f"tuneforge platform: {exc}") from exc
-    served, target = load_for_serving(args, serve_options, console)
+    served, target, serve_options = load_for_serving(args, serve_options, console)
     app = create_platform_app(served, serve_options, options, target)
     announce(served, serve_options, target, console)
     root = (options.root or platform_home()).resolve()

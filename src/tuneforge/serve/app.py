@@ -57,7 +57,7 @@ def create_app(served: Served | ServedClassifier, options: ServeOptions, registr
     and registry_db; the request log is always this server's own)."""
     request_log = RequestLog(options.log_settings()) if options.log_db else None  # None: --no-log
     if isinstance(served, ServedClassifier):
-        engine, engines = ClassifierWorker(served.classifier, options.max_batch_size), None
+        engine, engines = ClassifierWorker(served.classifier, options.max_batch_size, threads=options.threads), None
         metrics = ServerMetrics(engine, request_log, ClassifierCollector(engine))
     else:
         engine = new_engine(served, options)

@@ -23,6 +23,7 @@ from tuneforge.models.image_classifier import ImageClassifier, image_classifier_
 from tuneforge.serve.engine import EngineClosed
 from tuneforge.serve.options import MAX_TEXTS
 from tuneforge.serve.protocol import ModelCard, now
+from tuneforge.serve.threads import take as take_threads
 
 log = logging.getLogger("tuneforge.serve")
 
@@ -96,8 +97,9 @@ class ClassifierWorker:
     queue_depth, running), so the app starts, drains and reports either one alike.
     """
 
-    def __init__(self, classifier: Classifier, batch_size: int, max_texts: int = MAX_TEXTS):
+    def __init__(self, classifier: Classifier, batch_size: int, max_texts: int = MAX_TEXTS, threads: int | None = None):
         self.classifier, self.batch_size, self.max_texts = classifier, batch_size, max_texts
+        self.threads = threads  # torch threads of the worker's thread (serve/threads.py); None: as they are
         self.stats = ClassifierStats()
         self.running = 0  # texts in the round now running
         self._queue: queue.Queue = queue.Queue()  # bounded by the server's admission limit (max_concurrent)
@@ -134,6 +136,7 @@ class ClassifierWorker:
         return self._queue.qsize()
 
     def _run(self) -> None:
+        take_threads(self.threads)
         stopping = False
         while not stopping:
             jobs, size = [], 0

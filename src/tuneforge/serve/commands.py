@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from rich.console import Console
@@ -116,23 +117,21 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
     options = options_from(args)
     if options.engine != "builtin" and not args.batching:
         raise ConfigError("--no-batching applies to the built-in engine only")
-    served, target = load_for_serving(args, options, console)
+    served, target, options = load_for_serving(args, options, console)
     app = create_app(served, options, target)
     announce(served, options, target, console)
     return run_app(app, options)
 
 
 def load_for_serving(args: argparse.Namespace, options: ServeOptions, console: Console):
-    """(served: a language model or a classifier, its registry target or None) as the flags say."""
+    """(served: a language model or a classifier, its registry target or None, the options with the built-in
+    engine's thread count resolved) as the flags say. With the built-in engine the main thread loads serially
+    and the engine's thread takes the threads (serve/threads.py)."""
     from tuneforge.serve.served import load_served, parse_adapter_flag
 
     adapters = [parse_adapter_flag(flag) for flag in args.adapters]
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {args.threads}")
     from tuneforge.models.classifier import is_classifier
     from tuneforge.serve.predict_images import is_image_classifier
     from tuneforge.serve.live import load_target, show_swaps_in_terminal, target_from
@@ -142,17 +141,26 @@ def load_for_serving(args: argparse.Namespace, options: ServeOptions, console: C
     if classifier and adapters:
         raise ConfigError(f"{args.model} is a classifier; --adapter serves LoRA adapters of chat models only")
     console.print(f"loading {args.model} ...")
-    if classifier:
-        from tuneforge.serve.classifier import load_served_classifier
+    from tuneforge.serve import threads
 
-        served = load_served_classifier(args.model, args.served_model_name)
-    else:
-        served = load_target(target, adapters) if target else load_served(args.model, adapters, args.served_model_name)
+    if options.engine == "builtin":
+        options = dataclasses.replace(options, threads=threads.for_the_engine(args.threads))
+    try:
+        if classifier:
+            from tuneforge.serve.classifier import load_served_classifier
+
+            served = load_served_classifier(args.model, args.served_model_name)
+        else:
+            served = load_target(target, adapters) if target else load_served(args.model, adapters,
+                                                                              args.served_model_name)
+    except BaseException:
+        threads.take(options.threads)  # a start that failed leaves this thread's threads as they were asked
+        raise
     for warning in served.warnings:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if target and target.follows:
         show_swaps_in_terminal()
-    return served, target
+    return served, target, options
 
 
 def announce(served, options: ServeOptions, target, console: Console) -> None:

@@ -35,6 +35,7 @@ from tuneforge.models.batched_decode import Batch, BatchedDecoder, keep_rows, me
 from tuneforge.models.generate import end_of_turn_ids
 from tuneforge.models.sampling import RowSampling, choose_tokens, row_sampling, suppressed_tokens
 from tuneforge.serve.decoding import TextStream
+from tuneforge.serve.threads import take as take_threads
 
 log = logging.getLogger("tuneforge.serve")
 
@@ -165,8 +166,9 @@ class RequestQueue:
 
 
 class Engine(RequestQueue):
-    def __init__(self, model, tokenizer, max_batch_size: int = 16, batching: bool = True):
+    def __init__(self, model, tokenizer, max_batch_size: int = 16, batching: bool = True, threads: int | None = None):
         self.model = model
+        self.threads = threads  # torch threads of the scheduler thread (serve/threads.py); None: as they are
         self.tokenizer = copy.deepcopy(tokenizer)  # decoded on the scheduler thread, encoded by the web thread
         self.device = next(model.parameters()).device
         self.max_batch_size = max_batch_size
@@ -190,6 +192,7 @@ class Engine(RequestQueue):
     # --- the scheduler thread ------------------------------------------------------------------
 
     def _run(self) -> None:
+        take_threads(self.threads)
         with torch.inference_mode():
             while (admitted := self._admit()) is not None:
                 try:

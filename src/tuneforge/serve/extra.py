@@ -26,6 +26,7 @@ from tuneforge.serve.errors import ApiError
 from tuneforge.serve.options import ServeOptions
 from tuneforge.serve.protocol import ModelCard
 from tuneforge.serve.served import Served, load_served
+from tuneforge.serve.threads import serial
 
 log = logging.getLogger("tuneforge.serve")
 DEFAULT_CAPACITY = 2
@@ -45,6 +46,12 @@ class ModelCatalog(Protocol):
 
     def visible(self, owner: str | None) -> list[CatalogEntry]:
         """Every entry `owner` may use."""
+
+
+def load_serially(path: str, name: str) -> Served:
+    """A model loaded on a worker thread that keeps no OpenMP pool beside the engines' (serve/threads.py)."""
+    serial()
+    return load_served(path, name=name)
 
 
 class ExtraModels:
@@ -84,12 +91,13 @@ class ExtraModels:
     async def _load(self, entry: CatalogEntry) -> None:
         log.info("loading %s from %s", entry.name, entry.path)
         try:
-            served = await asyncio.to_thread(load_served, entry.path, name=entry.name)
+            served = await asyncio.to_thread(load_serially, entry.path, entry.name)
         except Exception as exc:  # a vanished run directory, a model the engine refuses, out of memory ...
             log.error("%s cannot be served: %s: %s", entry.name, type(exc).__name__, exc)
             raise ApiError(500, f"The model '{entry.name}' could not be loaded: {type(exc).__name__}: {exc}",
                            type="server_error", code="model_load_failed") from None
-        engine = Engine(served.model, served.tokenizer, self.options.max_batch_size, self.options.batching)
+        engine = Engine(served.model, served.tokenizer, self.options.max_batch_size, self.options.batching,
+                        self.options.threads)
         engine.start()
         self.loaded[entry.name] = (served, engine)
         while len(self.loaded) > self.capacity:

@@ -34,6 +34,7 @@ from tuneforge.serve.engine import EngineStats
 from tuneforge.serve.engines.api import GenerationEngine
 from tuneforge.serve.options import ServeOptions
 from tuneforge.serve.served import Served, load_served
+from tuneforge.serve.threads import serial
 
 log = logging.getLogger("tuneforge.serve")
 REGISTRY_PREFIX = "registry:"
@@ -212,6 +213,8 @@ class AliasWatcher:
             conn.close()
 
     def _follow(self, version: Version) -> None:
+        if self.state.options.engine == "builtin":
+            serial()  # this thread loads; the new engine's thread takes the threads (serve/threads.py)
         old_version = self.state.served.version
         log.info("registry:%s moved from %s to %s; loading %s while %s keeps serving", self.target.name,
                  old_version, version.id, version.path, old_version)

@@ -32,7 +32,7 @@ def build_engine(served: Served, options: ServeOptions) -> GenerationEngine:
     """A new (not yet started) engine for `served`, as `options.engine` says."""
     if options.engine == "builtin":
         served.model = for_decoding(served.model, options.dtype)  # each swapped-in version too
-        return Engine(served.model, served.tokenizer, options.max_batch_size, options.batching)
+        return Engine(served.model, served.tokenizer, options.max_batch_size, options.batching, options.threads)
     if options.engine not in ENGINES:
         raise ConfigError(f"--engine {options.engine}: expected one of {', '.join(ENGINES)}")
     single_model(served, options.engine)
