@@ -60,6 +60,21 @@ def example_losses(logits: torch.Tensor, targets: torch.Tensor, multi_label: boo
     return F.cross_entropy(logits, targets, weight=weights, reduction="none")
 
 
+def untrained_scores(run_dir: Path, resuming: bool, console: Console, held: str | None, score) -> dict | None:
+    """The untrained head's held-out report: measured once before the first step (`score()`, on the split
+    `held` names) and kept in BASE_SCORES, so a resumed run compares with the same base, not a trained one."""
+    base_file = run_dir / BASE_SCORES
+    if resuming:
+        return json.loads(base_file.read_text()) if base_file.is_file() else None
+    if held is None:
+        return None
+    console.print(f"scoring the untrained head on the {held} ...")
+    report = score()
+    base_file.parent.mkdir(parents=True, exist_ok=True)
+    base_file.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    return report
+
+
 def checked_labels(config: RunConfig, train, splits: list) -> LabelSet:
     """The label set of the training labels (or classify.labels), every split's labels checked against it:
     DataError naming the record (file:line, or an image's path) whose label it lacks."""
@@ -109,14 +124,9 @@ class ClassifyMethod:
         self.held = self.encoded(data.test) if len(data.test) else self.validation
         record_data(self.run_dir, data, self.tokenizer, self.info.max_length)
         report_data(self.console, data, self.labels, model, self.class_weights)
-        base_file = self.run_dir / BASE_SCORES
-        self.base = json.loads(base_file.read_text()) if resuming and base_file.is_file() else None
-        if not resuming and self.held_name:
-            self.console.print(f"scoring the untrained head on the {self.held_name} split ({len(self.held.rows)} "
-                               "records) ...")
-            self.base = self.evaluate(model, self.held)[0]
-            base_file.parent.mkdir(parents=True, exist_ok=True)
-            base_file.write_text(json.dumps(self.base, indent=2, ensure_ascii=False))
+        held = self.held_name and f"{self.held_name} split ({len(self.held.rows)} records)"
+        self.base = untrained_scores(self.run_dir, resuming, self.console, held,
+                                     lambda: self.evaluate(model, self.held)[0])
 
     def encoded(self, examples: Examples) -> Encoded:
         rows = encode(self.tokenizer, examples.texts, self.info.max_length) if len(examples) else []

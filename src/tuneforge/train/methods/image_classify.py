@@ -27,7 +27,7 @@ from tuneforge.models.image_classifier import build_for_training, frozen_norms, 
 from tuneforge.models.labels import LabelSet, as_names
 from tuneforge.train.method import PRIMARY, Batch, LossTerms, StepPlan
 from tuneforge.train.methods.classify import (
-    BASE_SCORES, HeldOut, checked_labels, example_losses, prediction_rows, report_held_out, scored,
+    HeldOut, checked_labels, example_losses, prediction_rows, report_held_out, scored, untrained_scores,
 )
 
 
@@ -75,13 +75,9 @@ class ImageClassifyMethod:
         self.held = data.test if len(data.test) else data.validation
         (self.run_dir / "data_manifest.json").write_text(json.dumps(data.manifest(), indent=2))
         report_data(self.console, data, self.labels, model)
-        base_file = self.run_dir / BASE_SCORES
-        self.base = json.loads(base_file.read_text()) if resuming and base_file.is_file() else None
-        if not resuming and self.held_name:
-            self.console.print(f"scoring the untrained head on the {self.held_name} split ({len(self.held)} images) ...")
-            self.base = self.evaluate(model, self.held)[0]
-            base_file.parent.mkdir(parents=True, exist_ok=True)
-            base_file.write_text(json.dumps(self.base, indent=2, ensure_ascii=False))
+        held = self.held_name and f"{self.held_name} split ({len(self.held)} images)"
+        self.base = untrained_scores(self.run_dir, resuming, self.console, held,
+                                     lambda: self.evaluate(model, self.held)[0])
 
     def epoch_order(self, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
         """Shuffled batches; a lone image left over joins another batch, since batch norm cannot train on
