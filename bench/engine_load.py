@@ -86,13 +86,16 @@ async def measure(base_url: str, model: str, clients: int, args) -> dict:
 
 
 def build_app(engine: str, args, port: int):
+    from tuneforge.serve import threads
     from tuneforge.serve.app import create_app
     from tuneforge.serve.options import ServeOptions
     from tuneforge.serve.served import load_served
 
+    # as `tuneforge serve` does: with the built-in engine this thread loads serially, the engine's thread takes them
+    engine_threads = threads.for_the_engine(args.threads) if engine == "builtin" else args.threads
     served = load_served(args.model)
-    options = ServeOptions(port=port, engine=engine, engine_quant=args.quant, threads=args.threads,
-                           max_new_tokens=max(args.max_tokens, 16), max_concurrent=64,
+    options = ServeOptions(port=port, engine=engine, engine_quant=args.quant, threads=engine_threads,
+                           max_new_tokens=max(args.max_tokens, 16), max_concurrent=64, dtype=args.dtype,
                            max_batch_size=args.max_batch_size, llama_server=args.llama_server)
     return create_app(served, options), served.default
 
@@ -115,7 +118,7 @@ def serve_for_bench(argv: list[str]) -> None:
     import uvicorn
 
     parser = argparse.ArgumentParser()
-    for flag in ("--serve", "--model", "--quant", "--llama-server"):
+    for flag in ("--serve", "--model", "--quant", "--llama-server", "--dtype"):
         parser.add_argument(flag)
     for flag in ("--port", "--threads", "--max-tokens", "--max-batch-size"):
         parser.add_argument(flag, type=int)
@@ -156,7 +159,7 @@ def tuneforge_server(engine: str, args):
         return
     command = [sys.executable, str(Path(__file__).resolve()), "--serve", engine, "--model", args.model, "--port",
                str(port), "--quant", args.quant, "--max-tokens", str(args.max_tokens), "--max-batch-size",
-               str(args.max_batch_size)]
+               str(args.max_batch_size), "--dtype", args.dtype]
     command += ["--threads", str(args.threads)] if args.threads else []
     command += ["--llama-server", args.llama_server] if args.llama_server else []
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
