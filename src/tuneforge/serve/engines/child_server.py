@@ -36,6 +36,7 @@ import socket
 import subprocess
 import threading
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,7 +64,7 @@ class Stream:
     choices: int = 1
 
 
-class ChildServerEngine:
+class ChildServerEngine(ABC):
     """A GenerationEngine (api.py) backed by a child OpenAI-style server. Subclasses set the class attributes and
     define `command()` and `streams()`."""
 
@@ -97,11 +98,13 @@ class ChildServerEngine:
 
     # --- what a subclass says ------------------------------------------------------------------
 
+    @abstractmethod
     def command(self) -> list[str]:
-        raise NotImplementedError
+        """The child server's command line (before the extra arguments of `args_env`)."""
 
+    @abstractmethod
     def streams(self, request: Request) -> list[Stream]:
-        raise NotImplementedError
+        """The child's calls for one request, a stream per choice (vLLM: one call with n; llama.cpp: one each)."""
 
     def env(self) -> dict[str, str]:
         return dict(os.environ)
