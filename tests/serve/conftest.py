@@ -153,3 +153,48 @@ def sse_payloads(text: str) -> list[dict]:
 
 def chat(content: str, **fields) -> dict:
     return {"messages": [{"role": "user", "content": content}], **fields}
+
+
+def check_promote_swaps_child_engine(tiny_model, tmp_path, engine_options: dict, seed: int | None = None) -> None:
+    """serve registry:production with a child-server engine: a promote starts a child on the new version's export,
+    swaps it in (the reply names v2 and differs), and stops the old child once it has drained. Shared by the
+    vLLM and llama.cpp engines' tests (the life is child_server.py's)."""
+    from openai import OpenAI
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuneforge.models.load import ModelInfo
+    from tuneforge.registry.store import add_version, open_registry, set_alias
+    from tuneforge.serve.app import create_app
+    from tuneforge.serve.live import load_target, target_from
+    from tuneforge.serve.options import ServeOptions
+
+    final = tmp_path / "run-v2" / "final"
+    AutoModelForCausalLM.from_pretrained(tiny_model).save_pretrained(final)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(final)
+    ModelInfo(base_model=str(tiny_model), method="full").write(final)
+    conn = open_registry(tmp_path / "registry.db")
+    for directory in (tiny_model, final.parent):
+        add_version(conn, directory, base_model="tiny-llama", method="full")
+    set_alias(conn, "production", "v1")
+
+    target = target_from("registry:production", tmp_path / "registry.db", None, poll_s=0.1)
+    options = ServeOptions(port=free_port(), **engine_options)
+    app = create_app(load_target(target), options, target)
+    state = app.state.server
+    with server_thread(app, options.port, timeout_graceful_shutdown=10):
+        client = OpenAI(base_url=f"http://127.0.0.1:{options.port}/v1", api_key="x", max_retries=0, timeout=60)
+
+        def ask():
+            extra = {} if seed is None else {"seed": seed}
+            reply = client.completions.create(model="production", prompt="Hi", max_tokens=1, **extra)
+            return reply.choices[0].text, reply.system_fingerprint
+
+        first_text, version = ask()
+        first_engine = state.engine
+        assert version == "v1"
+        set_alias(conn, "production", "v2")
+        wait_until(lambda: state.served.version == "v2", timeout=120)
+        second_text, version = ask()
+        assert version == "v2" and second_text != first_text  # another export answers
+        wait_until(lambda: first_engine.process.poll() is not None, timeout=60)  # the old child is gone
+    conn.close()

@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from tests.serve.conftest import check_promote_swaps_child_engine
 from tests.serve.test_engines import Collect
 from tuneforge.errors import ConfigError
 from tuneforge.serve.engine import Delta, Done, Request, SamplingParams
@@ -176,44 +177,8 @@ def test_which_llama_server_runs(fake_llama_server, monkeypatch, tmp_path):
 def test_a_registry_promote_swaps_the_llama_cpp_engine(fake_llama_server, tiny_model, tmp_path, monkeypatch):
     """serve registry:production --engine llama.cpp: a promote writes the new version's GGUF export, starts a child
     server on it, swaps it in, and stops the old child once it has drained (the life is child_server.py's)."""
-    from openai import OpenAI
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from tests.serve.conftest import free_port, server_thread, wait_until
-    from tuneforge.models.load import ModelInfo
-    from tuneforge.registry.store import add_version, open_registry, set_alias
-    from tuneforge.serve.app import create_app
-    from tuneforge.serve.live import load_target, target_from
-
     pytest.importorskip("llama_cpp", reason="the GGUF export's probe check reads the file through llama-cpp-python")
     script, _ = fake_llama_server
     monkeypatch.setenv("FAKE_LLAMA_ECHO_MODEL", "1")
-    final = tmp_path / "run-v2" / "final"
-    AutoModelForCausalLM.from_pretrained(tiny_model).save_pretrained(final)
-    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(final)
-    ModelInfo(base_model=str(tiny_model), method="full").write(final)
-    conn = open_registry(tmp_path / "registry.db")
-    for directory in (tiny_model, final.parent):
-        add_version(conn, directory, base_model="tiny-llama", method="full")
-    set_alias(conn, "production", "v1")
-
-    target = target_from("registry:production", tmp_path / "registry.db", None, poll_s=0.1)
-    options = ServeOptions(port=free_port(), engine="llama.cpp", llama_server=str(script), engine_quant="f32")
-    app = create_app(load_target(target), options, target)
-    state = app.state.server
-    with server_thread(app, options.port, timeout_graceful_shutdown=10):
-        client = OpenAI(base_url=f"http://127.0.0.1:{options.port}/v1", api_key="x", max_retries=0, timeout=60)
-
-        def ask():
-            reply = client.completions.create(model="production", prompt="Hi", max_tokens=1, seed=0)
-            return reply.choices[0].text, reply.system_fingerprint
-
-        first_text, version = ask()
-        first_engine = state.engine
-        assert version == "v1"
-        set_alias(conn, "production", "v2")
-        wait_until(lambda: state.served.version == "v2", timeout=120)
-        second_text, version = ask()
-        assert version == "v2" and second_text != first_text  # another GGUF export answers
-        wait_until(lambda: first_engine.process.poll() is not None, timeout=60)  # the old child is gone
-    conn.close()
+    check_promote_swaps_child_engine(tiny_model, tmp_path, {"engine": "llama.cpp", "llama_server": str(script),
+                                                            "engine_quant": "f32"}, seed=0)
