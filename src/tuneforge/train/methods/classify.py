@@ -60,6 +60,16 @@ def example_losses(logits: torch.Tensor, targets: torch.Tensor, multi_label: boo
     return F.cross_entropy(logits, targets, weight=weights, reduction="none")
 
 
+def class_weights_of(config: RunConfig, labels: LabelSet, train_labels: list):
+    """Per-class loss weights (records / (classes x its records)) with classify.class_weights: balanced, else None."""
+    return labels.balanced_weights(train_labels) if config.classify.class_weights == "balanced" else None
+
+
+def validation_metrics(report: dict) -> dict[str, float]:
+    """The eval_* values a classifier's validation logs (text and image classifiers alike)."""
+    return {"eval_loss": report["loss"], "eval_accuracy": report["accuracy"], "eval_macro_f1": report["macro_f1"]}
+
+
 def untrained_scores(run_dir: Path, resuming: bool, console: Console, held: str | None, score) -> dict | None:
     """The untrained head's held-out report: measured once before the first step (`score()`, on the split
     `held` names) and kept in BASE_SCORES, so a resumed run compares with the same base, not a trained one."""
@@ -112,8 +122,7 @@ class ClassifyMethod:
         labels = checked_labels(config, data.train, [data.train, data.validation, data.test])
         model, self.tokenizer, self.info = build_for_training(config, labels, checkpoint)
         self.data, self.labels = data, labels
-        self.class_weights = (labels.balanced_weights(data.train.labels)
-                              if config.classify.class_weights == "balanced" else None)
+        self.class_weights = class_weights_of(config, labels, data.train.labels)
         return with_checkpointing(model.to(self.accelerator.device), config.train.gradient_checkpointing)
 
     def before_training(self, model, resuming: bool) -> None:
@@ -168,8 +177,7 @@ class ClassifyMethod:
     def validate(self, model, answers: bool) -> dict[str, float]:
         if not len(self.validation.rows):
             return {}
-        report = self.evaluate(model, self.validation)[0]
-        return {"eval_loss": report["loss"], "eval_accuracy": report["accuracy"], "eval_macro_f1": report["macro_f1"]}
+        return validation_metrics(self.evaluate(model, self.validation)[0])
 
     def preflight(self, model, state, plan: StepPlan) -> None:
         return None  # the memory estimate models a causal LM's activations and logits, not an encoder's

@@ -27,7 +27,8 @@ from tuneforge.models.image_classifier import build_for_training, frozen_norms, 
 from tuneforge.models.labels import LabelSet, as_names
 from tuneforge.train.method import PRIMARY, Batch, LossTerms, StepPlan
 from tuneforge.train.methods.classify import (
-    HeldOut, checked_labels, example_losses, prediction_rows, report_held_out, scored, untrained_scores,
+    HeldOut, checked_labels, class_weights_of, example_losses, prediction_rows, report_held_out, scored,
+    untrained_scores, validation_metrics,
 )
 
 
@@ -61,8 +62,7 @@ class ImageClassifyMethod:
         labels = checked_labels(config, data.train, [data.train, data.validation, data.test])
         model, self.info = build_for_training(config, labels, checkpoint)
         self.data, self.labels = data, labels
-        self.class_weights = (labels.balanced_weights(data.train.labels)
-                              if config.classify.class_weights == "balanced" else None)
+        self.class_weights = class_weights_of(config, labels, data.train.labels)
         self.train_transform = self.info.preprocess.transform(config.image)
         self.eval_transform = self.info.preprocess.transform()
         self.frozen_norms = frozen_norms(model)
@@ -131,8 +131,7 @@ class ImageClassifyMethod:
     def validate(self, model, answers: bool) -> dict[str, float]:
         if not len(self.data.validation):
             return {}
-        report = self.evaluate(model, self.data.validation)[0]
-        return {"eval_loss": report["loss"], "eval_accuracy": report["accuracy"], "eval_macro_f1": report["macro_f1"]}
+        return validation_metrics(self.evaluate(model, self.data.validation)[0])
 
     def preflight(self, model, state, plan: StepPlan) -> None:
         return None  # the memory estimate models a causal LM's activations, not a CNN's
