@@ -32,7 +32,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_speed import MODEL, ROOT, WARMUP_STEPS, cuda_peak_mb, median_run, positive_int, rates  # noqa: E402
+from train_speed import (  # noqa: E402
+    MODEL, ROOT, WARMUP_STEPS, count_batches, cuda_peak_mb, median_run, positive_int, rates, step_clock,
+)
 
 SOURCE = ROOT / "examples" / "preference" / "train.jsonl"
 CONFIG = ROOT / "configs" / "dpo-quickstart.yaml"
@@ -57,20 +59,8 @@ def child_tuneforge(args) -> dict:
     from tuneforge.train import driver
     from tuneforge.train.methods import preference
 
-    batches: list[int] = []
-    collate = preference.collate
-
-    def counting_collate(*a, **k):
-        batch = collate(*a, **k)
-        batches.append(int(batch["attention_mask"].sum()))
-        return batch
-
-    preference.collate = counting_collate  # instrumentation only: the method builds its batches with this name
-    step_ends: list[float] = []
-
-    def mark(state) -> bool:
-        step_ends.append(time.monotonic())
-        return False
+    batches = count_batches(preference, lambda b: int(b["attention_mask"].sum()))
+    step_ends, mark = step_clock()
 
     overrides = [
         f"output_dir={args.work / 'tuneforge-run'}", f"data.train=[{args.data}]", "data.validation=[]",

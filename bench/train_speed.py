@@ -205,26 +205,41 @@ def cuda_peak_mb() -> float | None:
     return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
 
 
+def count_batches(module, measure) -> list:
+    """Record `measure(batch)` of every batch `module.collate` builds, in training order (instrumentation only:
+    the method builds its batches with this name)."""
+    seen: list = []
+    collate = module.collate
+
+    def counting_collate(*args, **kwargs):
+        batch = collate(*args, **kwargs)
+        seen.append(measure(batch))
+        return batch
+
+    module.collate = counting_collate
+    return seen
+
+
+def step_clock():
+    """(the end time of each optimizer step, the driver's `stop` callback that records them)."""
+    ends: list[float] = []
+
+    def mark(state) -> bool:
+        ends.append(time.monotonic())
+        return False
+
+    return ends, mark
+
+
 def child_tuneforge(args) -> dict:
     from tuneforge.config import load_config
     from tuneforge.train import driver
     from tuneforge.train.methods import language_model as loop
     from tuneforge.evaluate.run_metrics import read_metrics
 
-    batches: list[tuple[int, int]] = []  # (non-pad tokens, padded size) of each batch, in training order
-    collate = loop.collate
-
-    def counting_collate(examples, pad_id, *options):
-        batch = collate(examples, pad_id, *options)
-        batches.append((int(batch["attention_mask"].sum()), batch["attention_mask"].numel()))
-        return batch
-
-    loop.collate = counting_collate  # instrumentation only: the method builds its batches with this name
-    step_ends: list[float] = []
-
-    def mark(state) -> bool:
-        step_ends.append(time.monotonic())
-        return False
+    # (non-pad tokens, padded size) of each batch, in training order
+    batches = count_batches(loop, lambda b: (int(b["attention_mask"].sum()), b["attention_mask"].numel()))
+    step_ends, mark = step_clock()
 
     overrides = [
         f"output_dir={args.work / 'tuneforge-run'}", f"data.train=[{args.data}]", "data.validation=[]",
