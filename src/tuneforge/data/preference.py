@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from tuneforge.config import DataConfig
-from tuneforge.data.formats import Mapping, Problem, SourceReader
-from tuneforge.data.prepare import SPLITS, Cleaner, source_files
+from tuneforge.data.formats import Problem
+from tuneforge.data.prepare import SPLITS, Cleaner, source_files, source_records
 from tuneforge.data.records import Message, Record
 from tuneforge.data.splits import split_rows
 from tuneforge.data.template import IGNORE, tokenize_records
@@ -149,25 +149,19 @@ def tokenize_preference(records: list[Record], tokenizer, stop_ids: list[int], m
 
 def read_split_records(config: DataConfig, task: str, report: DataReport) -> dict[str, list[Record]]:
     """Every valid record of the wanted kind, per split; the rest go to the report."""
-    wanted, mapping = KINDS[task], Mapping(config.columns, config.roles)
+    wanted = KINDS[task]
     cleaner = Cleaner(config, report)
-    files = source_files(config)
     out: dict[str, list[Record]] = {split: [] for split in SPLITS}
-    for split in SPLITS:
-        for file in files[split]:
-            reader = SourceReader(file, config.format, mapping)
-            for item in reader:
-                if isinstance(item, Problem):
-                    report.invalid.append(item)
-                elif item.kind != wanted:
-                    report.invalid.append(Problem(item.source, f"a {item.kind} record; task: {task} trains "
-                                                  f"{wanted} records" + (" (prompt, chosen, rejected)" if task ==
-                                                                         "preference" else " (a reply with a label)")))
-                elif (cleaned := cleaner(item, split)) is not None:
-                    out[split].append(cleaned)
-            report.formats[file] = reader.format or "unknown"
+    for split, file, item in source_records(source_files(config), config, report):
+        if item is None:  # the file is read
             if task == "kto":
                 one_label(file, [r for r in out[split] if r.source.startswith(file)], report)
+        elif item.kind != wanted:
+            report.invalid.append(Problem(item.source, f"a {item.kind} record; task: {task} trains "
+                                          f"{wanted} records" + (" (prompt, chosen, rejected)" if task ==
+                                                                 "preference" else " (a reply with a label)")))
+        elif (cleaned := cleaner(item, split)) is not None:
+            out[split].append(cleaned)
     return out
 
 

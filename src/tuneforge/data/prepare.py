@@ -148,8 +148,10 @@ class Cleaner:
         )
 
 
-def records_of(files: dict[str, list[str]], config: DataConfig, report: DataReport) -> Iterator[tuple[str, Record]]:
-    """(split, record) for every valid record; invalid ones go to the report."""
+def source_records(files: dict[str, list[str]], config: DataConfig,
+                   report: DataReport) -> Iterator[tuple[str, str, Record | None]]:
+    """(split, file, record) for every record the files hold, split by split; unreadable ones go to the report,
+    and each file's format once it is read, announced by a last (split, file, None)."""
     mapping = Mapping(config.columns, config.roles)
     for split in SPLITS:
         for file in files[split]:
@@ -157,14 +159,23 @@ def records_of(files: dict[str, list[str]], config: DataConfig, report: DataRepo
             for item in reader:
                 if isinstance(item, Problem):
                     report.invalid.append(item)
-                    continue
-                if item.kind not in TRAINABLE:
-                    raise DataError(
-                        f"{item.source}: a {item.kind} record; training uses chat, text and classification records "
-                        f"(`tuneforge data inspect {file}` checks {item.kind} data)"
-                    )
-                yield split, item
+                else:
+                    yield split, file, item
             report.formats[file] = reader.format or "unknown"
+            yield split, file, None
+
+
+def records_of(files: dict[str, list[str]], config: DataConfig, report: DataReport) -> Iterator[tuple[str, Record]]:
+    """(split, record) for every valid record of a kind SFT trains; invalid ones go to the report."""
+    for split, file, item in source_records(files, config, report):
+        if item is None:
+            continue
+        if item.kind not in TRAINABLE:
+            raise DataError(
+                f"{item.source}: a {item.kind} record; training uses chat, text and classification records "
+                f"(`tuneforge data inspect {file}` checks {item.kind} data)"
+            )
+        yield split, item
 
 
 def build(config, files, hashes, tokenizer, stop_ids, max_len, seed, directory: Path) -> None:
