@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from tuneforge.config import load_config
 from tuneforge.evaluate.run_metrics import read_metrics
 from tuneforge.train.driver import train
+from tuneforge.train.method import compose
 
 from tests.conftest import write_jsonl
 
@@ -156,6 +157,47 @@ def test_kto_loss_equals_hand_computation(preference_config, one_thread):
     assert batch["desirable"].any() and not batch["desirable"].all()
     assert result.terms["loss"].item() == pytest.approx(total, abs=1e-4)
     assert result.stats["kl_estimate"] == pytest.approx(z * n, abs=1e-4)
+
+
+@pytest.mark.parametrize("task", ["preference", "kto"])
+def test_columns_run_apart_give_the_gradients_of_one_forward_over_both(preference_config, one_thread, task):
+    """preference_loss.column_logps: recomputing the chosen rows in backward (and running KTO's mismatched rows
+    without gradient) changes how often the model runs, not the loss or a single gradient."""
+    extra = {"preference.sft_weight": 0.5} if task == "preference" else {}
+    config = preference_config(task, **{"model.dtype": "float32", **extra})
+    method, model = built(config)
+    method.before_training(model, resuming=False)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    batch = method.batch([0, 1, 2, 3])
+    decoder = model.get_decoder()
+    calls = []
+    handle = decoder.register_forward_hook(lambda *_: calls.append(torch.is_grad_enabled()))
+
+    def gradients(modes):
+        model.zero_grad()
+        calls.clear()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(type(method.settings), "modes", property(lambda self: modes))
+            result = method.loss_terms(model, batch)
+            compose(result.terms, method.weights).backward()
+        trained = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return result.terms["loss"].item(), trained, list(calls)
+
+    one_pass = gradients(("grad", "grad"))
+    apart = gradients(method.settings.modes)
+    handle.remove()
+    assert apart[0] == pytest.approx(one_pass[0], abs=1e-6)
+    assert set(apart[1]) == set(one_pass[1]) and any(g.abs().sum() > 0 for g in apart[1].values())
+    for name, grad in apart[1].items():
+        torch.testing.assert_close(grad, one_pass[1][name], atol=1e-6, rtol=1e-5, msg=name)
+    policy_calls = [grad for grad in apart[2] if grad]  # the reference runs without gradient
+    if task == "preference":  # chosen, rejected, and the chosen again in backward
+        assert len(policy_calls) == 3
+    else:  # the rated rows only: the mismatched ones run without gradient
+        assert len(policy_calls) == 1
 
 
 @pytest.mark.parametrize("task,loss", [("preference", "dpo"), ("preference", "ipo"), ("preference", "orpo"),

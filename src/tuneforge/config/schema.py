@@ -335,6 +335,10 @@ class PreferenceConfig(Section):
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="dpo: conservative DPO, the chance a label is flipped")
     sft_weight: float = Field(0.0, ge=0.0, description="weight of the chosen reply's NLL per token (RPO); orpo has its own")
     simpo_gamma: float = Field(0.5, ge=0.0, description="simpo: the target reward margin (gamma; TRL's gamma/beta x beta)")
+    recompute_chosen: bool = Field(
+        True, description="run the chosen and rejected rows apart and recompute the chosen ones in backward: about "
+        "half the activation memory for one more forward of half the rows; false: autograd keeps both at once"
+    )
     reference: Literal["auto", "adapter_off", "frozen_copy", "precomputed"] = Field(
         "auto", description="dpo/ipo reference: adapter_off (LoRA: the adapter switched off), frozen_copy (full: a "
         "second copy), precomputed (log-probs of the starting weights, computed once and cached); auto: adapter_off "

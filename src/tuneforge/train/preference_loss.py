@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from tuneforge.data.batching import WIDTH_MULTIPLE
 from tuneforge.models.token_loss import IGNORE, last_hidden_state, output_layer
 
 
@@ -42,6 +43,13 @@ class AnswerLogps:
     def means(self) -> torch.Tensor:
         return self.sums / self.counts.clamp(min=1)
 
+    @staticmethod
+    def joined(parts: list[AnswerLogps]) -> AnswerLogps:
+        """The rows of several parts in order (their trained tokens too, as one batch would list them)."""
+        kept = [p.token_logps for p in parts]
+        return AnswerLogps(torch.cat([p.sums for p in parts]), torch.cat([p.counts for p in parts]),
+                           None if any(k is None for k in kept) else torch.cat(kept))
+
 
 def answer_logps(model, batch: dict[str, torch.Tensor], keep_distributions: bool = False) -> AnswerLogps:
     """Log-probabilities of each row's trained tokens; the LM head runs on trained positions only."""
@@ -55,6 +63,45 @@ def answer_logps(model, batch: dict[str, torch.Tensor], keep_distributions: bool
     sums = torch.zeros(targets.size(0), dtype=torch.float32, device=targets.device).index_add(0, rows, picked)
     counts = trained.sum(dim=1)
     return AnswerLogps(sums, counts, log_softmax if keep_distributions else None)
+
+
+def column_logps(model, batch: dict[str, torch.Tensor], keep_distributions: bool,
+                 modes: tuple[str, str]) -> AnswerLogps:
+    """`answer_logps` of a batch's two columns of rows (chosen and rejected; rated and mismatched) run apart,
+    each cut to its own width, the first then the second, in the given modes:
+
+    - "grad": autograd keeps the column's activations for backward;
+    - "recompute": it keeps none; backward runs the column again (activation checkpointing);
+    - "no_grad": no gradient at all (KTO's mismatched rows: their KL estimate is a constant).
+
+    Why: a DPO-family loss needs of each row only its summed log-probability, so nothing forces both
+    columns' activations to be alive at once.  With the first column recomputed, autograd keeps one
+    column's activations during the forward, and in backward finishes the second column (created later, so
+    first in the engine's order) before it recomputes the first: the peak holds half the activations, for
+    one more forward of half the rows (tests/train/test_preference.py measures the gradients equal).
+    """
+    n = batch["input_ids"].size(0) // 2
+    parts = []
+    for rows, mode in zip((slice(0, n), slice(n, 2 * n)), modes):
+        part = column(batch, rows)
+        if mode == "no_grad" or not torch.is_grad_enabled():
+            with torch.no_grad():
+                parts.append(answer_logps(model, part, keep_distributions))
+        elif mode == "recompute":
+            from torch.utils.checkpoint import checkpoint
+
+            parts.append(checkpoint(answer_logps, model, part, keep_distributions, use_reentrant=False))
+        else:
+            parts.append(answer_logps(model, part, keep_distributions))
+    return AnswerLogps.joined(parts)
+
+
+def column(batch: dict[str, torch.Tensor], rows: slice) -> dict[str, torch.Tensor]:
+    """The rows' model inputs and labels, without the padding columns none of them uses (rows are right-padded)."""
+    mask = batch["attention_mask"][rows]
+    used = int(mask.sum(dim=1).max()) if mask.numel() else 0
+    width = min(mask.size(1), -(-max(used, 1) // WIDTH_MULTIPLE) * WIDTH_MULTIPLE)
+    return {name: batch[name][rows, :width] for name in ("input_ids", "labels", "attention_mask")}
 
 
 def token_kl(policy: AnswerLogps, reference: AnswerLogps) -> torch.Tensor:

@@ -3,9 +3,11 @@ replies (task: kto).
 
 A micro-batch holds each example's prompt before each of its answers, column by column (all chosen
 rows, then all rejected rows; for KTO the rated rows, then the mismatched rows of the KL estimate:
-example i's prompt with the answer of a fixed partner, the next example of its split), and the model
-runs once over all of them; the loss terms are sums over examples, so the driver divides by the
-window's example count (train/method.py).
+example i's prompt with the answer of a fixed partner, the next example of its split).  The model runs
+over one column, then the other: by default the chosen rows are recomputed in backward, so autograd
+never keeps both columns' activations (`preference.recompute_chosen`), and KTO's mismatched rows run
+without gradient.  The loss terms are sums over examples, so the driver divides by the window's example
+count (train/method.py).
 
 The reference model is never a second copy unless asked: with LoRA it is the same network with the
 adapter switched off (`disable_adapter`, as kl_to_base); for a full fine-tune either a frozen copy
@@ -65,6 +67,15 @@ class Settings:
     desirable_weight: float = 1.0
     undesirable_weight: float = 1.0
     reference: str = "none"  # none, adapter_off, frozen_copy, precomputed
+    recompute_chosen: bool = False
+
+    @property
+    def modes(self) -> tuple[str, str]:
+        """How the policy runs each column (preference_loss.column_logps): chosen rows recomputed in backward,
+        or KTO's mismatched rows without gradient (their KL estimate is a constant)."""
+        if not self.paired:
+            return ("grad", "no_grad")
+        return ("recompute" if self.recompute_chosen else "grad", "grad")
 
     @property
     def paired(self) -> bool:
@@ -78,7 +89,7 @@ def settings_of(config: RunConfig) -> Settings:
                         reference=reference_of(config, k.reference, "kto"))
     p = config.preference
     return Settings(p.loss, p.beta, p.label_smoothing, p.sft_weight, p.simpo_gamma,
-                    reference=reference_of(config, p.reference, p.loss))
+                    reference=reference_of(config, p.reference, p.loss), recompute_chosen=p.recompute_chosen)
 
 
 def reference_of(config: RunConfig, setting: str, loss: str) -> str:
@@ -91,7 +102,7 @@ def reference_of(config: RunConfig, setting: str, loss: str) -> str:
 
 
 class PreferenceMethod:
-    """Pairs or rated replies: one forward over every answer row, the reference beside it, the loss summed."""
+    """Pairs or rated replies: the answer rows column by column, the reference beside them, the loss summed."""
 
     evaluates_each_epoch = False
 
@@ -173,12 +184,12 @@ class PreferenceMethod:
         if "reference" in batch:
             return losses.AnswerLogps(batch["reference"], torch.ones_like(batch["reference"]))
         switched_off = self.policy.disable_adapter() if self.settings.reference == "adapter_off" else nullcontext()
-        with torch.no_grad(), switched_off:
-            return losses.answer_logps(self.reference_model or self.policy, batch, keep)
+        with torch.no_grad(), switched_off:  # the columns apart as the policy's: equal weights, equal numbers
+            return losses.column_logps(self.reference_model or self.policy, batch, keep, ("no_grad", "no_grad"))
 
     def loss_terms(self, model, batch: Batch) -> LossTerms:
         keep = self.settings.reference in ("adapter_off", "frozen_copy")
-        policy = losses.answer_logps(model, batch, keep)
+        policy = losses.column_logps(model, batch, keep, self.settings.modes)
         reference = self.reference_logps(batch, keep)
         return example_terms(self.settings, batch, policy, reference)
 
