@@ -1,4 +1,5 @@
-"""`tuneforge serve --dtype`: float32 answers exactly as plain transformers, batched or alone; bfloat16 packs the model."""
+"""`tuneforge serve --dtype`: float32 answers exactly as plain transformers, batched or alone; bfloat16 packs the model;
+int8 answers as the same int8 model through transformers' generate."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import threading
 import pytest
 import torch
 
-from tuneforge.models.packed import PackedLinear, can_pack
+from tuneforge.models.packed import Int8Linear, PackedLinear, can_pack, for_decoding
 from tuneforge.serve.commands import options_from
 from tuneforge.serve.engine import Delta, Done, Failed, Request, SamplingParams
 from tuneforge.serve.live import new_engine
@@ -90,10 +91,26 @@ def test_bfloat16_serving_packs_the_model_and_answers_as_the_plain_bf16_model(ti
         engine.shutdown(10)
 
 
+def test_int8_serving_answers_as_the_int8_model_through_generate(tiny_model):
+    served = served_copy(tiny_model)
+    plain = for_decoding(copy.deepcopy(served.model), "int8")  # the same conversion, run by transformers' generate
+    engine = new_engine(served, ServeOptions(dtype="int8"))
+    engine.start()
+    try:
+        assert sum(type(m) is Int8Linear for m in engine.model.modules()) == 15
+        prompts = [served.tokenizer.encode(p) for p in PROMPTS]
+        alone = answers(engine, prompts, together=False)
+        assert alone == [reference(plain, served.tokenizer, p, engine.stop_ids) for p in prompts]
+        assert answers(engine, prompts, together=True) == alone
+    finally:
+        engine.shutdown(10)
+
+
 def test_dtype_option_is_checked():
-    with pytest.raises(ValueError, match="dtype must be one of float32, bfloat16"):
+    with pytest.raises(ValueError, match="dtype must be one of float32, bfloat16, int8"):
         ServeOptions(dtype="float16")
     from tuneforge.cli import build_parser
 
-    args = build_parser().parse_args(["serve", "some-model", "--dtype", "bfloat16", "--no-log"])
-    assert options_from(args).dtype == "bfloat16"
+    for dtype in ("bfloat16", "int8"):
+        args = build_parser().parse_args(["serve", "some-model", "--dtype", dtype, "--no-log"])
+        assert options_from(args).dtype == dtype

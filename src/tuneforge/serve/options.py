@@ -25,7 +25,7 @@ class ServeOptions:
     request_timeout_s: float = 300.0  # a request still unanswered after this gets 503 and is cancelled
     max_batch_size: int = 16  # sequences decoded together in one forward pass
     batching: bool = True  # False: one request at a time (the baseline the load benchmark compares with)
-    dtype: str = "float32"  # the weights' dtype while decoding: float32 (exact) or bfloat16 (models/packed.py)
+    dtype: str = "float32"  # the weights' dtype while decoding: float32 (exact), bfloat16 or int8 (models/packed.py)
     max_body_bytes: int = 1 << 20  # larger request bodies get 413
     # The request log (monitor/requestlog.py). None: nothing is logged; `tuneforge serve` logs to
     # DEFAULT_LOG_DB in the current directory unless --no-log, so only the CLI's default writes a file.
