@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from tuneforge.errors import ConfigError
+from tuneforge.models.decode_attention import use_for_decoding
 from tuneforge.models.packed import Int8Linear, PackedLinear, can_pack, convert_linears, for_decoding, pack_linears
 
 needs_bf16 = pytest.mark.skipif(not can_pack(torch.device("cpu")),
@@ -53,6 +54,7 @@ def test_packed_model_answers_as_the_plain_bf16_model(tiny):
     """Greedy replies, batched and alone, equal those of the same model in bf16 without packing."""
     model, tokenizer = tiny
     plain = copy.deepcopy(model).to(torch.bfloat16)
+    use_for_decoding(plain)  # the same one-token attention, so only the packing differs
     packed = for_decoding(copy.deepcopy(model), "bfloat16")
     assert sum(type(m) is PackedLinear for m in packed.modules()) == 2 * 7 + 1  # 2 layers x 7, and the LM head
     tokenizer.padding_side = "left"

@@ -9,6 +9,7 @@ import threading
 import pytest
 import torch
 
+from tuneforge.models.decode_attention import use_for_decoding
 from tuneforge.models.packed import Int8Linear, PackedLinear, can_pack, for_decoding
 from tuneforge.serve.commands import options_from
 from tuneforge.serve.engine import Delta, Done, Failed, Request, SamplingParams
@@ -78,6 +79,7 @@ def test_float32_serving_answers_as_plain_transformers_alone_and_batched(tiny_mo
 def test_bfloat16_serving_packs_the_model_and_answers_as_the_plain_bf16_model(tiny_model):
     served = served_copy(tiny_model)
     plain = copy.deepcopy(served.model).to(torch.bfloat16)
+    use_for_decoding(plain)  # the same attention, so only the packing differs
     engine = new_engine(served, ServeOptions(dtype="bfloat16"))
     engine.start()
     try:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from tuneforge.errors import ConfigError
+from tuneforge.models.decode_attention import use_for_decoding
 from tuneforge.models.dtypes import DECODE_DTYPES
 from tuneforge.models.load import native_bf16
 
@@ -115,7 +116,8 @@ def pack_linears(model: nn.Module) -> int:
 def for_decoding(model: nn.Module, dtype: str) -> nn.Module:
     """The model ready to decode in `dtype`: float32 leaves it untouched; bfloat16 converts it (in place)
     and packs its linear layers where the CPU runs bf16 natively; int8 quantizes the linear layers from
-    the weights as loaded and converts the rest to bf16."""
+    the weights as loaded and converts the rest to bf16. On a CPU both attend with one-token decode
+    attention (models/decode_attention.py)."""
     if dtype not in DECODE_DTYPES:
         raise ConfigError(f"decoding dtype {dtype!r}: expected one of {', '.join(DECODE_DTYPES)}")
     if dtype == "float32":
@@ -127,8 +129,11 @@ def for_decoding(model: nn.Module, dtype: str) -> nn.Module:
                               f"{device.type}: serve it in bfloat16 there, or with --engine vllm")
         weights = next(p.dtype for p in model.parameters() if p.is_floating_point())
         convert_linears(model, Int8Linear, weights)
-        return model.to(torch.bfloat16)
-    model.to(torch.bfloat16)
-    if can_pack(device):
-        pack_linears(model)
+        model.to(torch.bfloat16)
+    else:
+        model.to(torch.bfloat16)
+        if can_pack(device):
+            pack_linears(model)
+    if device.type == "cpu":
+        use_for_decoding(model)
     return model
