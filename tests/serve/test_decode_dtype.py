@@ -75,37 +75,34 @@ def test_float32_serving_answers_as_plain_transformers_alone_and_batched(tiny_mo
     assert all(type(m) is not PackedLinear for m in served.model.modules())
 
 
+def answers_as(served, dtype: str, plain, layer: type) -> None:
+    """The engine decoding in `dtype` converts its model's 15 linear layers to `layer` and answers greedily, alone
+    and batched, as `plain` does through transformers' generate."""
+    engine = new_engine(served, ServeOptions(dtype=dtype))
+    engine.start()
+    try:
+        assert engine.model.dtype == torch.bfloat16
+        assert sum(type(m) is layer for m in engine.model.modules()) == 15
+        prompts = [served.tokenizer.encode(p) for p in PROMPTS]
+        alone = answers(engine, prompts, together=False)
+        assert alone == [reference(plain, served.tokenizer, p, engine.stop_ids) for p in prompts]
+        assert answers(engine, prompts, together=True) == alone
+    finally:
+        engine.shutdown(10)
+
+
 @pytest.mark.skipif(not can_pack(torch.device("cpu")), reason="this CPU has no native bf16: nothing to pack")
 def test_bfloat16_serving_packs_the_model_and_answers_as_the_plain_bf16_model(tiny_model):
     served = served_copy(tiny_model)
     plain = copy.deepcopy(served.model).to(torch.bfloat16)
     use_for_decoding(plain)  # the same attention, so only the packing differs
-    engine = new_engine(served, ServeOptions(dtype="bfloat16"))
-    engine.start()
-    try:
-        assert engine.model.dtype == torch.bfloat16
-        assert sum(type(m) is PackedLinear for m in engine.model.modules()) == 15
-        prompts = [served.tokenizer.encode(p) for p in PROMPTS]
-        alone = answers(engine, prompts, together=False)
-        assert alone == [reference(plain, served.tokenizer, p, engine.stop_ids) for p in prompts]
-        assert answers(engine, prompts, together=True) == alone
-    finally:
-        engine.shutdown(10)
+    answers_as(served, "bfloat16", plain, PackedLinear)
 
 
 def test_int8_serving_answers_as_the_int8_model_through_generate(tiny_model):
     served = served_copy(tiny_model)
     plain = for_decoding(copy.deepcopy(served.model), "int8")  # the same conversion, run by transformers' generate
-    engine = new_engine(served, ServeOptions(dtype="int8"))
-    engine.start()
-    try:
-        assert sum(type(m) is Int8Linear for m in engine.model.modules()) == 15
-        prompts = [served.tokenizer.encode(p) for p in PROMPTS]
-        alone = answers(engine, prompts, together=False)
-        assert alone == [reference(plain, served.tokenizer, p, engine.stop_ids) for p in prompts]
-        assert answers(engine, prompts, together=True) == alone
-    finally:
-        engine.shutdown(10)
+    answers_as(served, "int8", plain, Int8Linear)
 
 
 def test_dtype_option_is_checked():

@@ -83,6 +83,14 @@ def built(config):
     return method, model
 
 
+def adapter_off_zero(model) -> None:
+    """Seeded LoRA B matrices, so the policy differs from its reference (the adapter switched off)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+
+
 def hand_loss(name: str, settings, chosen, rejected, counts, ref_chosen, ref_rejected) -> torch.Tensor:
     n = len(chosen)
     beta, eps = settings.beta, settings.label_smoothing
@@ -111,10 +119,7 @@ def test_pair_loss_equals_hand_computation(preference_config, one_thread, loss):
                                   "preference.label_smoothing": 0.1 if loss == "dpo" else 0.0})
     method, model = built(config)
     method.before_training(model, resuming=False)
-    with torch.no_grad():  # move the adapter off zero so the policy differs from the reference
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    adapter_off_zero(model)
     batch = method.batch([0, 1, 2])
     result = method.loss_terms(model, batch)
     policy, counts = sequence_logps(model, batch["input_ids"], batch["labels"])
@@ -135,10 +140,7 @@ def test_kto_loss_equals_hand_computation(preference_config, one_thread):
                                          "kto.undesirable_weight": 1.5, "model.dtype": "float32"})
     method, model = built(config)
     method.before_training(model, resuming=False)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    adapter_off_zero(model)
     units = [0, 1, 2, 3]
     batch = method.batch(units)
     result = method.loss_terms(model, batch)
@@ -167,10 +169,7 @@ def test_columns_run_apart_give_the_gradients_of_one_forward_over_both(preferenc
     config = preference_config(task, **{"model.dtype": "float32", **extra})
     method, model = built(config)
     method.before_training(model, resuming=False)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    adapter_off_zero(model)
     batch = method.batch([0, 1, 2, 3])
     decoder = model.get_decoder()
     calls = []
