@@ -310,3 +310,22 @@ def test_hub_dataset_offline_is_a_clear_data_error(monkeypatch):
     message = str(error.value)
     assert message.startswith("hf:tuneforge-tests/no-such-dataset-3f9a#train: ")
     assert "offline" in message and "name the files" in message
+
+
+def test_images_given_as_records_are_named_as_images(tmp_path):
+    """A folder of images (or one image) given to a text command is said to be images, with where they do train."""
+    folder = tmp_path / "photos"
+    write(folder / "cat" / "001.png", b"\x89PNG")
+    write(folder / "dog" / "002.JPG", b"\xff\xd8")
+    with pytest.raises(DataError, match=r"photos: a folder of images, not of data records: .*image_classify"):
+        expand(folder)
+    with pytest.raises(DataError, match=r"photos: a folder of images, .*tuneforge predict"):
+        list(read(str(folder)))
+    with pytest.raises(DataError, match=r"001.png: an image, not data records"):
+        list(read(str(folder / "cat" / "001.png")))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="empty: folder holds no data files"):
+        expand(empty)
+    with pytest.raises(DataError, match=r"notes.docx: unsupported file type \.docx"):
+        list(read(str(write(tmp_path / "notes.docx", b"x"))))

@@ -124,3 +124,9 @@ def test_a_timm_hub_name_loads_from_the_hub_cache_offline(tmp_path, tiny_backbon
     assert model.num_classes == 4 and type(model).__name__ == "ResNet"
     with pytest.raises(ModelError, match="timm/other_model.test: cannot load as a timm image model"):
         create_backbone("timm/other_model.test", 4)
+
+
+def test_eval_of_an_image_run_points_to_predict(trained_run, toy_images):
+    args = build_parser().parse_args(["eval", str(trained_run), "--data", str(toy_images / "test")])
+    with pytest.raises(ConfigError, match=r"an image classifier's run: `tuneforge predict RUN FOLDER`"):
+        args.func(args, Console(quiet=True))

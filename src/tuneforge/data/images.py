@@ -21,10 +21,10 @@ from pathlib import Path
 
 from tuneforge.config import DataConfig
 from tuneforge.data.classification import held_out_splits
+from tuneforge.data.readers import IMAGE_SUFFIXES
 from tuneforge.errors import DataError
 from tuneforge.models.labels import Label
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 TABLE_SUFFIXES = {".jsonl", ".json", ".csv", ".tsv"}
 # Modes PIL converts to RGB faithfully; 16-bit and float images ("I", "F", "I;16") need a decision about scale.
 PICTURE_MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}

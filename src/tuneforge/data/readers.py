@@ -29,6 +29,9 @@ PARQUET = (".parquet",)
 TEXT = (".txt",)
 READABLE = JSON_LINES + JSON + CSV + PARQUET + TEXT
 HUB_PREFIX = "hf:"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+IMAGES_ELSEWHERE = ("images train with task: image_classify (docs/images.md) and are scored by "
+                    "`tuneforge predict RUN IMAGES`")
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ def expand(source: str | Path) -> list[str]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in READABLE)
         if not files:
-            raise DataError(f"{path}: folder holds no data files ({', '.join(READABLE)})")
+            raise DataError(f"{path}: {not_records(path) or 'folder holds no data files'} ({', '.join(READABLE)})")
         return [str(p) for p in files]
     if glob.has_magic(text):
         files = sorted(
@@ -79,7 +82,19 @@ def read(source: str) -> Iterator[RawRecord]:
     elif suffix in TEXT:
         yield from read_text(path)
     else:
-        raise DataError(f"{path}: unsupported file type {suffix or '(none)'}; expected one of {', '.join(READABLE)}")
+        raise DataError(f"{path}: {not_records(path) or 'unsupported file type ' + (suffix or '(none)')}; expected "
+                        f"one of {', '.join(READABLE)}")
+
+
+def not_records(path: Path) -> str | None:
+    """What a text command is given instead of records when it is an image or a folder of them (said, never
+    skipped: tests/data/test_readers.py)."""
+    if path.is_dir():
+        holds = any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.rglob("*") if p.is_file())
+        return f"a folder of images, not of data records: {IMAGES_ELSEWHERE}" if holds else None
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return f"an image, not data records: {IMAGES_ELSEWHERE}"
+    return None
 
 
 def open_binary(path: Path):

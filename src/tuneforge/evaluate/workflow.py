@@ -80,6 +80,11 @@ def base_of(model: str, explicit: str | None) -> str | None:
 def evaluate_model(options: EvalOptions, console: Console) -> int:
     """Evaluate a model (and its base where needed); 0, or GATE_FAILED_EXIT naming each failed gate."""
     config = run_config_of(options.model, options.config)
+    if config is not None:
+        from tuneforge.train.methods import method_for
+
+        if method_for(config).not_for_eval:
+            raise ConfigError(f"{options.model}: {method_for(config).not_for_eval}")
     settings, data = eval_settings(options, config)
     gate_list = [gates.parse_gate(text) for text in [*settings.gates, *options.gates]]
     records = load_eval_records(data, options.limit)

@@ -31,7 +31,7 @@ def is_image_classifier(reference: str) -> bool:
 
 def image_inputs(inputs: list[Path]) -> tuple[list[Path], list[str | None]]:
     """(image paths, the label folder each sits in under a folder input, else None)."""
-    from tuneforge.data.images import IMAGE_SUFFIXES
+    from tuneforge.data.readers import IMAGE_SUFFIXES
 
     paths, references = [], []
     for item in inputs:
