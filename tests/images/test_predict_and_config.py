@@ -126,7 +126,11 @@ def test_a_timm_hub_name_loads_from_the_hub_cache_offline(tmp_path, tiny_backbon
         create_backbone("timm/other_model.test", 4)
 
 
-def test_eval_of_an_image_run_points_to_predict(trained_run, toy_images):
-    args = build_parser().parse_args(["eval", str(trained_run), "--data", str(toy_images / "test")])
-    with pytest.raises(ConfigError, match=r"an image classifier's run: `tuneforge predict RUN FOLDER`"):
+@pytest.mark.parametrize("command", ["eval", "compare"])
+def test_eval_and_compare_of_an_image_run_point_to_predict(trained_run, toy_images, command):
+    from tuneforge.errors import ModelError
+
+    args = build_parser().parse_args([command, str(trained_run), "--data", str(toy_images / "test")])
+    with pytest.raises(ModelError, match=r"is a classifier \(task: image_classify\): use `tuneforge predict .* "
+                                         r"IMAGE_OR_FOLDER`"):
         args.func(args, Console(quiet=True))

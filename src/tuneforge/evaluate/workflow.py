@@ -25,7 +25,7 @@ from tuneforge.evaluate.evaluator import (
 from tuneforge.data.formats import read_records
 from tuneforge.evaluate.commands import GATE_FAILED_EXIT
 from tuneforge.models.generate import Sampling
-from tuneforge.models.load import ModelInfo, load_tokenizer, saved_model_dir
+from tuneforge.models.load import ModelInfo, load_tokenizer, refuse_classifier, saved_model_dir
 
 
 @dataclass
@@ -79,12 +79,8 @@ def base_of(model: str, explicit: str | None) -> str | None:
 
 def evaluate_model(options: EvalOptions, console: Console) -> int:
     """Evaluate a model (and its base where needed); 0, or GATE_FAILED_EXIT naming each failed gate."""
+    refuse_classifier(options.model)  # before its data is read: a classifier's run is scored by `tuneforge predict`
     config = run_config_of(options.model, options.config)
-    if config is not None:
-        from tuneforge.train.methods import method_for
-
-        if method_for(config).not_for_eval:
-            raise ConfigError(f"{options.model}: {method_for(config).not_for_eval}")
     settings, data = eval_settings(options, config)
     gate_list = [gates.parse_gate(text) for text in [*settings.gates, *options.gates]]
     records = load_eval_records(data, options.limit)
@@ -122,6 +118,8 @@ def compare_models(references: list[str], data: list[str], metrics: list[str], r
                    max_new_tokens: int, limit: int | None, console: Console) -> int:
     """Evaluate every model on the same examples; print the summary and the examples that changed most."""
     metric_names = checked_metrics(metrics) or EvalConfig().metrics
+    for reference in references:
+        refuse_classifier(reference)
     records = load_eval_records(data, limit)
     general = read_records(builtin_general_text())
     evals = compare.evaluate_references(references, records, metric_names, Sampling(max_new_tokens=max_new_tokens),

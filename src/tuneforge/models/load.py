@@ -100,22 +100,31 @@ def load_causal_lm(path: Path, dtype: torch.dtype, quantization=None, device: to
         raise ModelError(f"{path}: cannot load model: {exc}") from exc
 
 
+def refuse_classifier(reference: str) -> None:
+    """A classifier's run (text or images) answers labels, not text: what generates or scores text names the
+    commands that take it instead, before any data or weights are read."""
+    path = Path(reference).expanduser()
+    saved = saved_model_dir(path) if path.is_dir() else None
+    task = json.loads((saved / MODEL_INFO).read_text()).get("task") if saved else None
+    if task in ("classify", "image_classify"):
+        what = "FILE" if task == "classify" else "IMAGE_OR_FOLDER"
+        raise ModelError(f"{reference} is a classifier (task: {task}): use `tuneforge predict {reference} {what}` "
+                         f"(a labelled file or folder is also scored: accuracy, macro-F1), or `tuneforge serve "
+                         f"{reference}` and POST /v1/classify")
+
+
 def load_for_inference(reference: str, device: torch.device | None = None, dtype: str = "auto"):
     """(model, tokenizer) in eval mode, from a run dir, checkpoint, or any model reference."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = pick_dtype(dtype, device)
     path = Path(reference).expanduser()
     saved = saved_model_dir(path) if path.is_dir() else None
+    refuse_classifier(reference)
     if saved is None:
         model_dir = resolve(reference)
         model = load_causal_lm(model_dir, torch_dtype)
         tokenizer = load_tokenizer(model_dir)
     else:
-        task = json.loads((saved / MODEL_INFO).read_text()).get("task")
-        if task in ("classify", "image_classify"):
-            what = "FILE" if task == "classify" else "IMAGE_OR_FOLDER"
-            raise ModelError(f"{reference} is a classifier (task: {task}): use `tuneforge predict {reference} {what}`, "
-                             f"or `tuneforge serve {reference}` and POST /v1/classify")
         info = ModelInfo.read(saved)
         tokenizer = load_tokenizer(saved)
         if info.method == "lora":

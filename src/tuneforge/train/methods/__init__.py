@@ -47,7 +47,6 @@ class MethodKind:
     autocast: Callable[[RunConfig], bool]  # whether it trains under bf16 autocast
     multi_process: bool  # whether --nproc N works for it
     closing: Callable[..., list[str]]  # (TrainResult) -> what `tuneforge train` prints after a finished run
-    not_for_eval: str | None = None  # why `tuneforge eval` (text generation and loss) does not apply, and what does
 
 
 METHODS: dict[str, MethodKind] = {
@@ -55,10 +54,7 @@ METHODS: dict[str, MethodKind] = {
     "pretrain": MethodKind(partial(LanguageModelMethod, task=PRETRAIN), lm_autocast, True,
                            partial(lm_closing, task=PRETRAIN)),
     "classify": MethodKind(ClassifyMethod, answering_dtype_autocast, False, classify_closing),
-    "image_classify": MethodKind(ImageClassifyMethod, answering_dtype_autocast, False, image_closing,
-                                 not_for_eval="an image classifier's run: `tuneforge predict RUN FOLDER` scores a folder "
-                                 "of label subfolders (accuracy, macro-F1, per class); the run's held-out figures are in "
-                                 "RUN/eval/classification.json"),
+    "image_classify": MethodKind(ImageClassifyMethod, answering_dtype_autocast, False, image_closing),
     "grpo": MethodKind(GRPOMethod, lm_autocast, False, grpo_closing),
     # pairs (DPO, IPO, ORPO, SimPO) train on N processes like chat (tests/train/test_distributed.py); rated
     # replies (KTO) in one: its batch KL estimate is taken over the batch one process sees
