@@ -15,6 +15,32 @@ from dataclasses import dataclass
 import pytest
 
 
+# What the stand-in child servers (a fake vLLM in test_engines.py, a fake llama-server in test_llamacpp_engine.py)
+# share: the health check, reading a request's JSON body, and serving. Each script is this, then its own part.
+STAND_IN_SERVER = '''
+import json
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class StandInHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):
+        self.send_response(200 if self.path == "/health" else 404)
+        self.end_headers()
+
+    def body(self):
+        return json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+
+
+def serve(handler, port):
+    ThreadingHTTPServer(("127.0.0.1", port), handler).serve_forever()
+'''
+
+
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
     """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP threads contend (100x slower)."""

@@ -14,16 +14,15 @@ import time
 
 import pytest
 
-from tests.serve.conftest import check_promote_swaps_child_engine, running
+from tests.serve.conftest import STAND_IN_SERVER, check_promote_swaps_child_engine, running
 from tuneforge.errors import ConfigError
 from tuneforge.serve.engine import Delta, Done, Engine, Request, SamplingParams
 from tuneforge.serve.engines.api import EngineUnavailable, GenerationEngine, Unavailable
 from tuneforge.serve.options import ServeOptions
 
-FAKE_VLLM = '''
+FAKE_VLLM = STAND_IN_SERVER + '''
 """A stand-in for vLLM's OpenAI server: streams "w0 w1 ..." for /v1/completions; max_tokens 13 kills the process."""
-import argparse, json, os, sys, threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import argparse, json, os, sys
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--port", type=int)
@@ -34,18 +33,9 @@ with open(os.environ["FAKE_VLLM_ARGS"], "a") as out:
     out.write(json.dumps(sys.argv[1:]) + "\\n")
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.0"
-
-    def log_message(self, *a):
-        pass
-
-    def do_GET(self):
-        self.send_response(200 if self.path == "/health" else 404)
-        self.end_headers()
-
+class Handler(StandInHandler):
     def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body = self.body()
         if not isinstance(body["prompt"], list) or body["model"] != "tuneforge-served":
             self.send_response(400)
             self.end_headers()
@@ -72,7 +62,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"data: [DONE]\\n\\n")
 
 
-ThreadingHTTPServer(("127.0.0.1", args.port), Handler).serve_forever()
+serve(Handler, args.port)
 '''
 
 

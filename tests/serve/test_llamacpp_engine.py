@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tests.serve.conftest import check_promote_swaps_child_engine
+from tests.serve.conftest import STAND_IN_SERVER, check_promote_swaps_child_engine
 from tests.serve.test_engines import Collect
 from tuneforge.errors import ConfigError
 from tuneforge.serve.engine import Delta, Done, Request, SamplingParams
@@ -24,10 +24,9 @@ from tuneforge.serve.engines.api import EngineUnavailable, Unavailable
 from tuneforge.serve.engines.llamacpp import SERVER_MODULES, LlamaCppEngine, installed, llama_server
 from tuneforge.serve.options import ServeOptions
 
-FAKE_LLAMA_SERVER = '''
+FAKE_LLAMA_SERVER = STAND_IN_SERVER + '''
 """A stand-in for llama.cpp's llama-server."""
 import argparse, json, os, sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--port", type=int)
@@ -39,18 +38,9 @@ with open(os.environ["FAKE_LLAMA_LOG"], "a") as out:
     out.write(json.dumps({"argv": sys.argv[1:]}) + "\\n")
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.0"
-
-    def log_message(self, *a):
-        pass
-
-    def do_GET(self):
-        self.send_response(200 if self.path == "/health" else 404)
-        self.end_headers()
-
+class Handler(StandInHandler):
     def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body = self.body()
         with open(os.environ["FAKE_LLAMA_LOG"], "a") as out:
             out.write(json.dumps({"body": body}) + "\\n")
         dropped = os.environ["FAKE_LLAMA_LOG"] + ".dropped"
@@ -77,7 +67,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"data: [DONE]\\n\\n")
 
 
-ThreadingHTTPServer(("127.0.0.1", args.port), Handler).serve_forever()
+serve(Handler, args.port)
 '''
 
 
